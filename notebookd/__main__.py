@@ -1,0 +1,3 @@
+from notebookd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,464 @@
+"""The native backend: notebookd spawns and supervises each server itself.
+
+Each server is a `NativeServer`, an explicit state machine driven by one coroutine; `_transition`
+is the only place its state changes. Child exits arrive through a pidfd in the event loop, not by
+polling; stops go through `procs.stop_tree`, which reaches kernels too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import time
+
+from notebookd import jupyter, procs
+from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.logs import LogPipe, RotatingFile
+from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
+from notebookd.ports import describe_holder, port_holder
+from notebookd.probe import http_status
+from notebookd.tokens import TokenStore
+
+log = logging.getLogger("notebookd")
+
+S = ServerState
+
+
+class SpawnError(Exception):
+    """The server could not even be started (a problem the admin must fix, or wait out)."""
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class NativeServer:
+    """One user's server: spawn, wait ready, watch, restart with backoff, stop."""
+
+    def __init__(self, spec: ServerSpec, host: "NativeBackend"):
+        self.spec = spec
+        self.host = host
+        self.state = S.STOPPED
+        self.since = time.time()
+        self.proc: subprocess.Popen | None = None
+        self.started: float | None = None
+        self.restarts = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_exit: str | None = None
+        self.health_failures = 0
+        self._want = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._exit: asyncio.Future | None = None
+        self._pidfd = -1
+        self.pipe = host.log_pipe(spec)
+
+    # -- the one place where state changes --
+    def _transition(self, new: ServerState, why: str = "") -> None:
+        check_transition(self.spec.name, self.state, new)
+        log.info("%s: %s -> %s%s", self.spec.name, self.state.value, new.value, f" ({why})" if why else "")
+        self.state = new
+        self.since = time.time()
+        self.host.changed()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+    @property
+    def wanted(self) -> bool:
+        return self._want
+
+    @property
+    def marker(self) -> str:
+        return f"{self.spec.name}@{self.host.run_dir}"
+
+    # -- commands from the backend --
+    def start(self) -> None:
+        self._want = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.spec.name}")
+
+    async def stop(self) -> None:
+        self._want = False
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    # -- supervision --
+    async def _supervise(self) -> None:
+        try:
+            while self._want:
+                failure = await self._run_once()
+                if not self._want:
+                    break
+                self.failures += 1
+                self.last_error = failure
+                crashloop = self.failures >= self.spec.restart.crashloop_after
+                delay = self._backoff()
+                self._transition(S.CRASHLOOP if crashloop else S.BACKOFF, f"{failure}; retry in {delay:.0f}s")
+                await self._sleep(delay)
+                if self._want:
+                    self.restarts += 1
+        except Exception:  # a bug must not leave a server unsupervised and silent
+            log.exception("%s: supervision failed", self.spec.name)
+            raise
+        finally:
+            if self.pid is not None or self.state in (S.STARTING, S.RUNNING):
+                await self._terminate("stopping")
+            if self.state is not S.STOPPED:
+                self._transition(S.STOPPED)
+
+    def _backoff(self) -> float:
+        r = self.spec.restart
+        if self.failures >= r.crashloop_after:
+            return r.backoff_max
+        return min(r.backoff_max, r.backoff_min * 2 ** (self.failures - 1))
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or return early (True) when woken by a stop/restart."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _run_once(self) -> str | None:
+        """One life of the server. Returns why it failed, or None if it was stopped on purpose."""
+        self._transition(S.STARTING)
+        self._wake.clear()
+        try:
+            async with self.host.start_slots:
+                self._spawn()
+                outcome = await self._wait_ready()
+        except SpawnError as exc:
+            return str(exc)
+        except OSError as exc:  # preparing its files failed: a full disk, a vanished dir
+            return f"cannot prepare the server: {exc}"
+        if outcome == "stop":
+            await self._terminate("stop requested")
+            return None
+        if outcome != "ready":
+            if self.pid is not None:
+                await self._terminate(outcome)
+            await self._reap_strays()
+            return outcome
+        self.started = time.time()
+        self.health_failures = 0
+        self.last_error = None
+        self._transition(S.RUNNING, f"pid {self.pid}, port {self.spec.port}")
+        outcome = await self._watch()
+        ran = time.time() - self.started
+        self.started = None
+        if outcome is None:
+            await self._terminate("stop requested")
+            return None
+        if ran >= self.spec.restart.reset_after:
+            self.failures = 0
+        if self.pid is not None:
+            await self._terminate(outcome)
+        await self._reap_strays()
+        return outcome
+
+    async def _wait_ready(self) -> str:
+        """'ready', 'stop', or why the server never became ready."""
+        spec = self.spec
+        deadline = time.monotonic() + spec.settings.start_timeout
+        pause = 0.1
+        async with self._woken() as waker:
+            while True:
+                if waker.done():
+                    return "stop"
+                if self._exit.done():
+                    return self._exit_reason("before it was ready")
+                status = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=5)
+                if status == 200:
+                    return "ready"
+                if time.monotonic() > deadline:
+                    return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
+                await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+                pause = min(pause * 1.5, 1.0)
+
+    async def _watch(self) -> str | None:
+        """While RUNNING: None when asked to stop, else why the server went away or was killed."""
+        health = self.spec.health
+        async with self._woken() as waker:
+            while True:
+                await asyncio.wait([self._exit, waker], timeout=health.interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if waker.done():
+                    return None
+                if self._exit.done():
+                    return self._exit_reason("")
+                status = await http_status(self.spec.ip, self.spec.port, self.spec.base_url + "api", health.timeout)
+                if status == 200:
+                    self.health_failures = 0
+                    continue
+                self.health_failures += 1
+                self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
+                log.warning("%s: %s", self.spec.name, self.last_error)
+                self.host.changed()
+                if self.health_failures >= health.failures:
+                    return f"unhealthy: {status}"
+
+    @contextlib.asynccontextmanager
+    async def _woken(self):
+        """A future that completes when a stop or restart wakes this server."""
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            yield waker
+        finally:
+            waker.cancel()
+
+    def _exit_reason(self, when: str) -> str:
+        self.last_exit = describe_exit(self._exit.result())
+        return f"{self.last_exit} {when}".strip()
+
+    # -- processes --
+    def _spawn(self) -> None:
+        spec, acc = self.spec, self.spec.account
+        try:
+            now = pwd.getpwnam(acc.name)
+        except KeyError:
+            raise SpawnError(f"user {acc.name!r} no longer exists") from None
+        if now.pw_uid != acc.uid:
+            raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
+        if not os.path.isdir(spec.root_dir):
+            raise SpawnError(f"root_dir {spec.root_dir} does not exist")
+        if port_holder(spec.ip, spec.port):
+            raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
+        try:
+            words = jupyter.command(spec)
+        except FileNotFoundError as exc:
+            raise SpawnError(str(exc)) from None
+
+        files = self.host.server_files(spec)
+        write_atomic(files["config"], json.dumps(jupyter.server_config(spec, jupyter.major_version(words)),
+                                                 indent=1).encode(), 0o640, self.host.root_uid, acc.gid)
+        write_atomic(files["token"], self.host.tokens.get(acc.name).encode(), 0o400, acc.uid, acc.gid)
+        ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
+        argv = jupyter.argv(spec, files["config"], words)
+        env = jupyter.environment(spec, files["token"], files["runtime"], self.marker)
+        identity = {}
+        if self.host.system:
+            identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
+        out, keep = self.pipe.writer_fds()
+        try:
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
+            )
+        except OSError as exc:
+            raise SpawnError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        finally:
+            os.close(out)
+            os.close(keep)
+        self._watch_exit()
+        self.host.record(spec.name, self.proc.pid)
+
+    def _watch_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._exit = loop.create_future()
+        self._pidfd = os.pidfd_open(self.proc.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        code = self.proc.wait()  # already exited: reaps without blocking
+        self.pipe.drain()
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    async def _terminate(self, why: str) -> None:
+        if self.state is not S.STOPPING:
+            self._transition(S.STOPPING, why)
+        killed = await procs.stop_tree(self.pid, self.spec.account.uid, self.marker, self.spec.settings.stop_timeout)
+        if killed:
+            log.warning("%s: needed SIGKILL for pid(s) %s", self.spec.name, ", ".join(map(str, killed)))
+        if self._exit is not None and not self._exit.done():
+            await self._exit
+        if self._exit is not None and self.last_exit is None:
+            self.last_exit = describe_exit(self._exit.result())
+        self.host.record(self.spec.name, None)
+
+    async def _reap_strays(self) -> None:
+        """After an unplanned exit, end its orphaned kernels before the next start."""
+        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker, 2.0)
+        if killed:
+            log.warning("%s: killed stray processes %s", self.spec.name, ", ".join(map(str, killed)))
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            name=self.spec.name, state=self.state.value, port=self.spec.port, url=self.spec.url(),
+            pid=self.pid, since=self.since, started=self.started, restarts=self.restarts,
+            last_error=self.last_error, last_exit=self.last_exit,
+        )
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(self, run_dir: str, state_dir: str, system: bool, max_parallel_starts: int | None = None,
+                 on_change=lambda: None):
+        self.run_dir, self.state_dir, self.system = run_dir, state_dir, system
+        self.root_uid = 0 if system else -1  # owner of the files a user may read but not change
+        self.tokens = TokenStore(state_dir)
+        self.servers: dict[str, NativeServer] = {}
+        self.start_slots = asyncio.Semaphore(max_parallel_starts or os.cpu_count() or 2)
+        self.changed = on_change
+        self._memory: tuple[float, dict[str, int]] = (0.0, {})
+
+    async def open(self) -> None:
+        ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
+        ensure_dir(os.path.join(self.run_dir, "logs"), 0o700)
+        ensure_dir(os.path.join(self.state_dir, "servers"), 0o700)
+        await self._end_leftovers()
+
+    # -- files --
+    def server_files(self, spec: ServerSpec) -> dict[str, str]:
+        base = os.path.join(self.run_dir, "servers", spec.name)
+        ensure_dir(base, 0o750, self.root_uid, spec.account.gid)
+        return {
+            "config": os.path.join(base, "jupyter_server_config.json"),
+            "token": os.path.join(base, "token"),
+            "runtime": os.path.join(base, "runtime"),
+        }
+
+    def log_pipe(self, spec: ServerSpec) -> LogPipe:
+        ensure_dir(spec.logs.dir, 0o755)
+        sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
+                            uid=self.root_uid, gid=spec.account.gid)
+        pipe = LogPipe(os.path.join(self.run_dir, "logs", f"{spec.name}.pipe"), sink)
+        pipe.open()
+        asyncio.get_running_loop().add_reader(pipe.fd, pipe.drain)
+        return pipe
+
+    def log_path(self, name: str) -> str | None:
+        server = self.servers.get(name)
+        return server.pipe.sink.path if server else None
+
+    # -- records of running pids, so a later daemon never mistakes a stranger for a server --
+    def record(self, name: str, pid: int | None) -> None:
+        path = os.path.join(self.state_dir, "servers", f"{name}.json")
+        if pid is None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        import psutil
+
+        created = psutil.Process(pid).create_time()
+        write_atomic(path, json.dumps({"pid": pid, "create_time": created}).encode(), 0o600)
+
+    async def _end_leftovers(self) -> None:
+        """Servers a previous daemon left running (it crashed): stop them so ports are free."""
+        import psutil
+
+        directory = os.path.join(self.state_dir, "servers")
+        for entry in os.listdir(directory):
+            path = os.path.join(directory, entry)
+            try:
+                with open(path) as fh:
+                    rec = json.load(fh)
+                proc = psutil.Process(rec["pid"])
+                if abs(proc.create_time() - rec["create_time"]) < 0.01:
+                    log.warning("%s: stopping server pid %d left by a previous notebookd", entry[:-5], proc.pid)
+                    await procs.stop_tree(proc.pid, proc.uids().real, f"{entry[:-5]}@{self.run_dir}", 10.0)
+            except (OSError, ValueError, KeyError, psutil.Error):
+                pass
+            os.unlink(path)
+
+    # -- the Backend contract --
+    def specs(self) -> dict[str, ServerSpec]:
+        return {n: s.spec for n, s in self.servers.items() if s.wanted}
+
+    async def start(self, spec: ServerSpec) -> None:
+        server = self.servers.get(spec.name)
+        if server is None:
+            self.servers[spec.name] = NativeServer(spec, self)
+            self.servers[spec.name].start()
+        elif server.spec != spec:
+            await self.restart(spec)
+        else:
+            server.start()
+
+    async def stop(self, name: str) -> None:
+        server = self.servers.get(name)
+        if server is not None:
+            await server.stop()
+
+    async def restart(self, spec: ServerSpec) -> None:
+        server = self.servers.get(spec.name)
+        if server is None:
+            return await self.start(spec)
+        await server.stop()
+        if server.spec.logs != spec.logs:
+            self._close_pipe(server)
+            server.pipe = self.log_pipe(spec)
+        server.spec = spec
+        server.start()
+
+    def _close_pipe(self, server: NativeServer) -> None:
+        asyncio.get_running_loop().remove_reader(server.pipe.fd)
+        server.pipe.close()
+
+    async def forget(self, name: str) -> None:
+        """Stop and drop a server that is no longer configured."""
+        server = self.servers.pop(name, None)
+        if server is not None:
+            await server.stop()
+            self._close_pipe(server)
+
+    def status(self) -> dict[str, ServerStatus]:
+        rows = {n: s.status() for n, s in self.servers.items()}
+        for name, mem in self.memory().items():
+            if name in rows:
+                rows[name].memory = mem
+        return rows
+
+    def memory(self) -> dict[str, int]:
+        """RSS of each server's process tree; one pass over /proc, cached for a few seconds."""
+        stamp, cached = self._memory
+        if time.monotonic() - stamp < 5:
+            return cached
+        import psutil
+
+        pids = {s.pid: n for n, s in self.servers.items() if s.pid}
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for proc in psutil.process_iter(["ppid", "memory_info"]):
+            children.setdefault(proc.info["ppid"], []).append(proc.pid)
+            if proc.info["memory_info"]:
+                rss[proc.pid] = proc.info["memory_info"].rss
+        result = {}
+        for pid, name in pids.items():
+            total, todo = 0, [pid]
+            while todo:
+                p = todo.pop()
+                total += rss.get(p, 0)
+                todo.extend(children.get(p, ()))
+            result[name] = total
+        self._memory = (time.monotonic(), result)
+        return result
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.servers.values()))
+        for server in self.servers.values():
+            self._close_pipe(server)

@@ -1,0 +1,50 @@
+"""`notebookd check-config`: the config against this machine (users, ports, directories, command)."""
+
+from __future__ import annotations
+
+import os
+
+from notebookd import desired as desiredmod, jupyter
+from notebookd.config import Config
+
+
+def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
+    """(errors, notes): every problem found, each one line naming the file/line and the user."""
+    errors: list[str] = []
+    notes: list[str] = []
+    users, warnings = desiredmod.entries(config, system)
+    errors += warnings
+
+    def where(entry) -> str:
+        return f"{config.file}:{entry.line}: users.{entry.name}" if entry.line else f"{config.file}: {entry.name} (from groups)"
+
+    explicit: dict[int, str] = {}
+    auto = 0
+    for entry in users:
+        try:
+            acc = desiredmod.account(entry.name)
+        except KeyError as exc:
+            errors.append(f"{where(entry)}: {exc.args[0]}")
+            continue
+        if acc.uid == 0:
+            errors.append(f"{where(entry)}: uid 0: servers never run as root")
+            continue
+        if entry.port is None:
+            auto += 1
+        else:
+            explicit[entry.port] = entry.name
+        spec = desiredmod.spec_for(config, entry, acc, entry.port or 0)
+        if not os.path.isdir(spec.root_dir):
+            errors.append(f"{where(entry)}: root_dir {spec.root_dir} does not exist")
+        try:
+            jupyter.command(spec)
+        except FileNotFoundError as exc:
+            errors.append(f"{where(entry)}: {exc}")
+    low, high = config.listen.ports
+    free = sum(1 for p in range(low, high + 1) if p not in explicit)
+    if auto > free:
+        errors.append(f"{config.file}: listen.ports: {auto} users need an automatic port but {low}-{high} "
+                      f"has only {free} left")
+    notes.append(f"{len(users)} user(s), backend {config.backend}, "
+                 f"{len(explicit)} explicit port(s), {auto} automatic from {low}-{high}")
+    return errors, notes

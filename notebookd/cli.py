@@ -1,0 +1,237 @@
+"""The `notebookd` command. Thin: it parses arguments, talks to the daemon and formats answers.
+
+Only argparse, json and socket are imported up front; `status` must stay fast, so YAML, psutil,
+asyncio and jupyter are imported by the subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from notebookd import __version__
+from notebookd import control, paths
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAIL):
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="notebookd", description="Run and supervise one jupyter_server per user.")
+    p.add_argument("--version", action="version", version=f"notebookd {__version__}")
+    p.add_argument("--config", "-c", metavar="PATH",
+                   help=f"config file (default: $NOTEBOOKD_CONFIG or {paths.SYSTEM_CONFIG}; "
+                        "for non-root users ~/.config/notebookd/notebookd.yaml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("run", help="run the daemon in the foreground (as root: every configured user; "
+                               "as a user: your own server)")
+    s = sub.add_parser("status", help="show every server (exit 0: all running, 3: not all, 4: no daemon)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("users", nargs="*", metavar="USER")
+    sub.add_parser("check-config", help="check the config file and this machine against it")
+    for verb in ("start", "stop", "restart"):
+        c = sub.add_parser(verb, help=f"{verb} the servers of these users")
+        c.add_argument("users", nargs="+", metavar="USER")
+    sub.add_parser("reload", help="re-read the config and apply the difference")
+    lg = sub.add_parser("logs", help="show a user's server log")
+    lg.add_argument("user", nargs="?", metavar="USER", help="default: yourself")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="last N lines (default 50)")
+    u = sub.add_parser("url", help="print the URL with token of your server (root: any or all)")
+    u.add_argument("users", nargs="*", metavar="USER")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as exc:
+        print(f"notebookd: {exc}", file=sys.stderr)
+        return exc.code
+    except control.Unreachable as exc:
+        print(f"notebookd: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except control.Refused as exc:
+        print(f"notebookd: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _load(args):
+    from notebookd import config as configmod
+
+    layout = paths.layout(args.config)
+    try:
+        return layout, configmod.load(layout)
+    except configmod.ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_run(args) -> int:
+    layout, config = _load(args)
+    from notebookd import daemon
+
+    return daemon.run(layout, config)
+
+
+def cmd_check_config(args) -> int:
+    layout, config = _load(args)
+    from notebookd import checks
+
+    errors, notes = checks.check(config, layout.system)
+    for line in errors:
+        print(f"notebookd: {line}", file=sys.stderr)
+    if errors:
+        return EXIT_FAIL
+    for line in notes:
+        print(f"{config.file}: OK: {line}")
+    return EXIT_OK
+
+
+def _ask(args, cmd: str, **kw) -> dict:
+    return control.request(paths.client_socket(args.config), cmd, **kw)
+
+
+def cmd_status(args) -> int:
+    data = _ask(args, "status", timeout=10)
+    rows = data["servers"]
+    if args.users:
+        unknown = set(args.users) - {r["name"] for r in rows}
+        if unknown:
+            raise CliError(f"no server for {', '.join(sorted(unknown))}", EXIT_NOT_RUNNING)
+        rows = [r for r in rows if r["name"] in args.users]
+    if args.json:
+        print(json.dumps({"daemon": data["daemon"], "servers": rows}, indent=2))
+    else:
+        print(format_status(data["daemon"], rows))
+    all_up = all(r["state"] == "running" for r in rows)
+    return EXIT_OK if all_up and (rows or os.geteuid() == 0) else EXIT_NOT_RUNNING
+
+
+def format_status(daemon: dict, rows: list[dict]) -> str:
+    from notebookd.units import format_duration, format_size
+
+    now = time.time()
+    header = ("USER", "STATE", "PID", "PORT", "URL", "UPTIME", "RESTARTS", "MEMORY", "LAST ERROR")
+    table = [header]
+    for r in rows:
+        table.append((
+            r["name"], r["state"], str(r["pid"] or "-"), str(r["port"] or "-"), r["url"] or "-",
+            format_duration(now - r["started"]) if r["started"] else "-",
+            str(r["restarts"]), format_size(r["memory"]) if r["memory"] else "-",
+            _one_line(r["last_error"] or (r["last_exit"] if r["state"] != "running" else None) or "-"),
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in table]
+    if len(table) == 1:
+        lines = ["no servers" + ("" if daemon.get("mode") == "user" else f" configured in {daemon['config']}")]
+    reload = daemon.get("reload") or {}
+    if not reload.get("ok", True):
+        lines.append(f"last reload FAILED ({time.strftime('%H:%M:%S', time.localtime(reload['at']))}): "
+                     f"{reload['error']}")
+    lines += [f"warning: {w}" for w in daemon.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def cmd_act(args) -> int:
+    data = _ask(args, args.command, users=args.users, timeout=300)
+    print(f"{args.command}: {', '.join(data['done'])}")
+    return EXIT_OK
+
+
+def cmd_reload(args) -> int:
+    data = _ask(args, "reload", timeout=300)
+    print(f"reloaded {data['reloaded']}")
+    return EXIT_OK
+
+
+def cmd_url(args) -> int:
+    urls = _ask(args, "url", users=args.users)["urls"]
+    if not urls:
+        raise CliError("no server configured for you" if os.geteuid() else "no servers configured", EXIT_NOT_RUNNING)
+    for name, url in sorted(urls.items()):
+        print(url if len(urls) == 1 else f"{name}\t{url}")
+    return EXIT_OK
+
+
+def cmd_logs(args) -> int:
+    users = [args.user] if args.user else []
+    path = next(iter(_ask(args, "logs", users=users)["paths"].values()), None)
+    if not path:
+        raise CliError("no log for that server yet")
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    with fh:
+        out = sys.stdout.buffer
+        out.writelines(_tail(fh, args.lines))
+        out.flush()
+        if args.follow:
+            _follow(fh, path, out)
+    return EXIT_OK
+
+
+def _tail(fh, n: int) -> list[bytes]:
+    fh.seek(0, os.SEEK_END)
+    end = fh.tell()
+    block, data = 65536, b""
+    while end > 0 and data.count(b"\n") <= n:
+        start = max(0, end - block)
+        fh.seek(start)
+        data = fh.read(end - start) + data
+        end = start
+    fh.seek(0, os.SEEK_END)
+    return data.splitlines(keepends=True)[-n:] if n > 0 else []
+
+
+def _follow(fh, path: str, out) -> None:
+    """tail -F: keep reading, and move to the new file when the log is rotated."""
+    inode = os.fstat(fh.fileno()).st_ino
+    while True:
+        chunk = fh.read()
+        if chunk:
+            out.write(chunk)
+            out.flush()
+            continue
+        time.sleep(0.3)
+        try:
+            if os.stat(path).st_ino != inode:
+                rest = fh.read()
+                out.write(rest)
+                fh.close()
+                fh = open(path, "rb")
+                inode = os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            pass
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+    "start": cmd_act,
+    "stop": cmd_act,
+    "restart": cmd_act,
+    "reload": cmd_reload,
+    "logs": cmd_logs,
+    "url": cmd_url,
+}

@@ -1,0 +1,402 @@
+"""The YAML config, parsed once into frozen dataclasses.
+
+Every key is declared once here, with its type, default and check; `etc/notebookd/notebookd.yaml`
+documents them and a test keeps the two in step. Problems raise `ConfigError`, one line naming
+file, line and key path. Nothing here looks at the system (users, ports in use, directories):
+that is `checks.py`, so a config can be validated on another machine.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+import shlex
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from notebookd.paths import Layout
+from notebookd.units import parse_duration, parse_size
+from notebookd.yamlsource import ConfigError, Located, parse
+
+BACKENDS = ("native",)
+USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+@dataclass(frozen=True)
+class Listen:
+    ip: str = "127.0.0.1"
+    ports: tuple[int, int] = (8800, 8899)  # inclusive range for automatic ports
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What a user's server runs with; `server:` gives the defaults, `users.NAME:` overrides them."""
+
+    command: tuple[str, ...] = ()  # empty: notebookd's own interpreter, `-m jupyter_server`
+    args: tuple[str, ...] = ()
+    root_dir: str = "~"
+    base_url: str = "/user/{user}/"
+    path: str = "/usr/local/bin:/usr/bin:/bin"
+    env: tuple[tuple[str, str], ...] = ()
+    frame_ancestors: tuple[str, ...] = ("'self'",)
+    jupyter_config: str = "{}"  # JSON text: extra traitlets config, kept hashable
+    start_timeout: float = 60.0
+    stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Restart:
+    backoff_min: float = 1.0
+    backoff_max: float = 60.0
+    crashloop_after: int = 5  # consecutive failed starts before the server is shown as a crash loop
+    reset_after: float = 60.0  # running this long clears the failure count
+
+
+@dataclass(frozen=True)
+class Health:
+    interval: float = 30.0
+    timeout: float = 10.0
+    failures: int = 3
+
+
+@dataclass(frozen=True)
+class Logs:
+    dir: str = ""
+    max_size: int = 10 * 2**20
+    keep: int = 5
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    name: str
+    line: int | None  # where it was listed; None for members of `groups`
+    port: int | None
+    settings: ServerSettings
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    name: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    backend: str = "native"
+    listen: Listen = Listen()
+    server: ServerSettings = ServerSettings()
+    restart: Restart = Restart()
+    health: Health = Health()
+    logs: Logs = Logs()
+    state_dir: str = ""
+    groups: tuple[GroupEntry, ...] = ()
+    users: tuple[UserEntry, ...] = ()
+
+    def user(self, name: str) -> UserEntry | None:
+        return next((u for u in self.users if u.name == name), None)
+
+    def entry_for(self, name: str) -> UserEntry:
+        """The listed entry, or the defaults for a user who comes from a group or the caller."""
+        return self.user(name) or UserEntry(name, None, None, self.server)
+
+
+# ---- scalar readers: each takes a Located and returns a checked value or raises its error ----
+
+def _str(item: Located) -> str:
+    if isinstance(item.value, bool) or not isinstance(item.value, (str, int, float)):
+        raise item.error(f"expected a string, got {_kind(item.value)}")
+    return str(item.value)
+
+
+def _int_range(low: int, high: int, what: str) -> Callable[[Located], int]:
+    def read(item: Located) -> int:
+        v = item.value
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise item.error(f"{v!r} is not a valid {what} ({low}-{high})")
+        return v
+    return read
+
+
+_port = _int_range(1, 65535, "port")
+
+
+def _duration(item: Located) -> float:
+    try:
+        return parse_duration(item.value)
+    except ValueError as exc:
+        raise item.error(str(exc)) from None
+
+
+def _size(item: Located) -> int:
+    try:
+        return parse_size(item.value)
+    except ValueError as exc:
+        raise item.error(str(exc)) from None
+
+
+def _ip(item: Located) -> str:
+    try:
+        return str(ipaddress.ip_address(_str(item)))
+    except ValueError:
+        raise item.error(f"{item.value!r} is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)") from None
+
+
+def _port_range(item: Located) -> tuple[int, int]:
+    v = item.value
+    if isinstance(v, int) and not isinstance(v, bool):
+        low = high = _port(item)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(v))
+        if not m:
+            raise item.error(f"{v!r} is not a port range (e.g. 8800-8899)")
+        low, high = int(m.group(1)), int(m.group(2))
+        for p in (low, high):
+            if not 1 <= p <= 65535:
+                raise item.error(f"{p} is not a valid port (1-65535)")
+        if low > high:
+            raise item.error(f"range {low}-{high} is empty")
+    return low, high
+
+
+def _command(item: Located) -> tuple[str, ...]:
+    if isinstance(item.value, str):
+        try:
+            words = tuple(shlex.split(item.value))
+        except ValueError as exc:
+            raise item.error(f"cannot split command: {exc}") from None
+    else:
+        words = _str_list(item)
+    if not words:
+        raise item.error("the command is empty")
+    return words
+
+
+def _str_list(item: Located) -> tuple[str, ...]:
+    if not isinstance(item.value, list):
+        raise item.error(f"expected a list, got {_kind(item.value)}")
+    return tuple(_str(x) for x in item.value)
+
+
+def _base_url(item: Located) -> str:
+    url = _str(item)
+    if not url.startswith("/"):
+        raise item.error(f"{url!r} must start with '/'")
+    _check_placeholders(item, url)
+    return url if url.endswith("/") else url + "/"
+
+
+def _root_dir(item: Located) -> str:
+    path = _str(item)
+    if not (path.startswith("/") or path == "~" or path.startswith("~/")):
+        raise item.error(f"{path!r} must be absolute or start with '~/' (the user's home)")
+    _check_placeholders(item, path)
+    return path
+
+
+def _check_placeholders(item: Located, text: str) -> None:
+    for name in re.findall(r"\{([^}]*)\}", text):
+        if name != "user":
+            raise item.error(f"unknown placeholder {{{name}}} (only {{user}} is known)")
+
+
+def _env(item: Located) -> tuple[tuple[str, str], ...]:
+    mapping = _mapping(item)
+    out = []
+    for key, value in mapping.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise value.error("not a valid environment variable name")
+        if key.startswith("JUPYTER_TOKEN") or key.startswith("NOTEBOOKD_"):
+            raise value.error("is set by notebookd and cannot be overridden")
+        out.append((key, "" if value.value is None else _str(value)))
+    return tuple(sorted(out))
+
+
+def _jupyter_config(item: Located) -> str:
+    mapping = _mapping(item)
+    for key, value in mapping.items():
+        if not isinstance(value.value, dict):
+            raise value.error("expected a mapping of trait names to values (e.g. ServerApp: {...})")
+    return json.dumps(_plain(item), sort_keys=True)
+
+
+def _plain(item: Located) -> Any:
+    if isinstance(item.value, dict):
+        return {k: _plain(v) for k, v in item.value.items()}
+    if isinstance(item.value, list):
+        return [_plain(v) for v in item.value]
+    if not isinstance(item.value, (str, int, float, bool, type(None))):
+        raise item.error(f"{_kind(item.value)} values cannot be passed to jupyter")
+    return item.value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _mapping(item: Located) -> dict[str, Located]:
+    if item.value is None:
+        return {}
+    if not isinstance(item.value, dict):
+        raise item.error(f"expected a mapping, got {_kind(item.value)}")
+    return item.value
+
+
+# ---- sections ----
+
+class _Section:
+    """Reads the keys of one mapping; unknown keys are errors with a suggestion."""
+
+    def __init__(self, item: Located, known: dict[str, Callable[[Located], Any]]):
+        self.item, self.known = item, known
+        self.keys = _mapping(item)
+        for key, value in self.keys.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                also = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(sorted(known))})"
+                raise value.error(f"unknown key{also}")
+
+    def values(self) -> dict[str, Any]:
+        return {key: self.known[key](value) for key, value in self.keys.items()}
+
+
+_SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
+    "command": _command,
+    "args": _str_list,
+    "root_dir": _root_dir,
+    "base_url": _base_url,
+    "path": _str,
+    "env": _env,
+    "frame_ancestors": _str_list,
+    "jupyter_config": _jupyter_config,
+    "start_timeout": _duration,
+    "stop_timeout": _duration,
+}
+_USER_KEYS = {"port": _port, **_SERVER_KEYS}
+
+_TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "state_dir", "groups", "users")
+
+
+def _positive(item_key: str, value: float, section: _Section) -> None:
+    if value <= 0:
+        raise section.keys[item_key].error("must be more than zero")
+
+
+def load(layout: Layout, text: str | None = None) -> Config:
+    """Read and check the config file named by `layout` (or `text` standing in for it)."""
+    file = layout.config
+    if text is None:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            if layout.config_explicit:
+                raise ConfigError(file, None, "", "no such file") from None
+            text = ""  # no file: every default, which serves just the caller in single-user mode
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(file, None, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return from_document(parse(text, file), layout)
+
+
+def from_document(root: Located, layout: Layout) -> Config:
+    file = root.file
+    if not isinstance(root.value, dict):
+        raise ConfigError(file, root.line, "", f"the file must be a mapping of settings, got {_kind(root.value)}")
+    top = _Section(root, {key: (lambda item: item) for key in _TOP_KEYS})
+    keys = top.keys
+
+    backend = "native"
+    if "backend" in keys:
+        backend = _str(keys["backend"])
+        if backend not in BACKENDS:
+            raise keys["backend"].error(f"{backend!r} is not an available backend (available: {', '.join(BACKENDS)})")
+
+    listen = Listen()
+    if "listen" in keys:
+        sec = _Section(keys["listen"], {"ip": _ip, "ports": _port_range})
+        listen = replace(listen, **sec.values())
+
+    server = ServerSettings()
+    if "server" in keys:
+        sec = _Section(keys["server"], _SERVER_KEYS)
+        server = replace(server, **sec.values())
+        for key in ("start_timeout", "stop_timeout"):
+            if key in sec.keys:
+                _positive(key, getattr(server, key), sec)
+
+    restart = Restart()
+    if "restart" in keys:
+        sec = _Section(keys["restart"], {
+            "backoff_min": _duration, "backoff_max": _duration,
+            "crashloop_after": _int_range(1, 1000, "count"), "reset_after": _duration,
+        })
+        restart = replace(restart, **sec.values())
+        if "backoff_min" in sec.keys:
+            _positive("backoff_min", restart.backoff_min, sec)
+        if restart.backoff_max < restart.backoff_min:
+            raise (sec.keys.get("backoff_max") or sec.keys["backoff_min"]).error(
+                "backoff_max must not be less than backoff_min")
+
+    health = Health()
+    if "health" in keys:
+        sec = _Section(keys["health"], {
+            "interval": _duration, "timeout": _duration, "failures": _int_range(1, 1000, "count"),
+        })
+        health = replace(health, **sec.values())
+        for key in ("interval", "timeout"):
+            if key in sec.keys:
+                _positive(key, getattr(health, key), sec)
+
+    logs = Logs(dir=layout.log_dir)
+    if "logs" in keys:
+        sec = _Section(keys["logs"], {"dir": _absolute, "max_size": _size, "keep": _int_range(1, 1000, "count")})
+        logs = replace(logs, **sec.values())
+        if "max_size" in sec.keys and logs.max_size < 4096:
+            raise sec.keys["max_size"].error("must be at least 4KiB")
+
+    state_dir = _absolute(keys["state_dir"]) if "state_dir" in keys else layout.state_dir
+
+    groups: list[GroupEntry] = []
+    if "groups" in keys and keys["groups"].value is not None:
+        if not isinstance(keys["groups"].value, list):
+            raise keys["groups"].error(f"expected a list of Unix group names, got {_kind(keys['groups'].value)}")
+        for item in keys["groups"].value:
+            groups.append(GroupEntry(_name(item, "group"), item.line))
+
+    users: list[UserEntry] = []
+    seen_ports: dict[int, tuple[str, int]] = {}
+    for name, item in _mapping(keys["users"]).items() if "users" in keys else ():
+        _name(Located(name, item.line, item.path, file), "user")
+        if name == "root":
+            raise item.error("servers never run as root")
+        sec = _Section(item, _USER_KEYS)
+        values = sec.values()
+        port = values.pop("port", None)
+        if port is not None:
+            if port in seen_ports:
+                other, line = seen_ports[port]
+                raise sec.keys["port"].error(f"port {port} is already given to {other} (line {line})")
+            seen_ports[port] = (name, sec.keys["port"].line)
+        settings = replace(server, **values)
+        users.append(UserEntry(name, item.line, port, settings))
+
+    return Config(
+        file=file, backend=backend, listen=listen, server=server, restart=restart, health=health,
+        logs=logs, state_dir=state_dir, groups=tuple(groups), users=tuple(users),
+    )
+
+
+def _absolute(item: Located) -> str:
+    path = _str(item)
+    if not path.startswith("/"):
+        raise item.error(f"{path!r} must be an absolute path")
+    return path
+
+
+def _name(item: Located, what: str) -> str:
+    name = _str(item)
+    if not USERNAME.fullmatch(name):
+        raise item.error(f"{name!r} is not a valid Unix {what} name")
+    return name

@@ -1,0 +1,229 @@
+"""`notebookd run`: the event loop that owns the backend, the control socket and systemd's view.
+
+Signal handlers only put an event on a queue; one loop takes events and control requests that
+change anything go through the same lock, so reconcile steps never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import signal
+import time
+from collections import Counter
+
+from notebookd import __version__, config as configmod, desired as desiredmod, reconcile
+from notebookd.backends.native import NativeBackend
+from notebookd.control import Peer, Refused, serve
+from notebookd.fsutil import ensure_dir
+from notebookd.model import ServerStatus
+from notebookd.notify import Notifier
+from notebookd.paths import Layout
+
+log = logging.getLogger("notebookd")
+
+
+class Daemon:
+    def __init__(self, layout: Layout, config: configmod.Config):
+        self.layout = layout
+        self.config = config
+        self.desired = desiredmod.Desired({}, {})
+        self.held: set[str] = set()  # users an admin stopped; they stay stopped until started
+        self.notifier = Notifier()
+        self.events: asyncio.Queue[str] = asyncio.Queue()
+        self.lock = asyncio.Lock()
+        self.started = time.time()
+        self.last_reload: dict = {"ok": True, "at": None, "error": None}
+        self.backend: NativeBackend | None = None
+        self._status_pending = False
+
+    # -- lifecycle --
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
+            loop.add_signal_handler(sig, self.events.put_nowait, event)
+        ensure_dir(self.layout.run_dir, 0o755)
+        ensure_dir(self.config.state_dir, 0o755)
+        self.backend = NativeBackend(self.layout.run_dir, self.config.state_dir, self.layout.system,
+                                     on_change=self._changed)
+        await self.backend.open()
+        control = await serve(self.layout.socket, self.handle)
+        async with self.lock:
+            await self._reconcile()
+        self.notifier.ready(self._summary())
+        log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
+                 self.config.file, self.layout.socket)
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            while True:
+                event = await self.events.get()
+                if event == "reload":
+                    try:
+                        await self.reload()
+                    except Refused:
+                        pass  # logged and shown in status; the running config stays
+                elif event == "stop":
+                    break
+        finally:
+            log.info("stopping: every server, in parallel")
+            self.notifier.stopping()
+            control.close()
+            watchdog.cancel()
+            async with self.lock:
+                await self.backend.close()
+            try:
+                os.unlink(self.layout.socket)
+            except FileNotFoundError:
+                pass
+        log.info("stopped")
+        return 0
+
+    async def _reconcile(self) -> None:
+        self.desired = desiredmod.build(self.config, self.layout.system)
+        for warning in self.desired.warnings:
+            log.warning("%s", warning)
+        for name, problem in self.desired.problems.items():
+            log.error("%s: %s", name, problem)
+        self.held &= self.desired.specs.keys()
+        step = reconcile.plan(self.desired.specs, frozenset(self.held), self.backend.specs(),
+                              set(self.backend.servers))
+        if step:
+            log.info("reconcile: %s", step.describe())
+        await reconcile.apply(step, self.backend)
+
+    async def reload(self) -> None:
+        """Re-read the config; a bad file changes nothing (the running config stays)."""
+        self.notifier.reloading()
+        try:
+            new = configmod.load(self.layout)
+        except configmod.ConfigError as exc:
+            self.last_reload = {"ok": False, "at": time.time(), "error": str(exc)}
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.ready(self._summary())
+            raise Refused(f"reload failed, running config kept: {exc}") from None
+        async with self.lock:
+            self.config = new
+            await self._reconcile()
+        self.last_reload = {"ok": True, "at": time.time(), "error": None}
+        log.info("reloaded %s", new.file)
+        self.notifier.ready(self._summary())
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _changed(self) -> None:
+        """A server changed state: refresh systemd's STATUS= once this loop iteration is done."""
+        if self.notifier.enabled and not self._status_pending:
+            self._status_pending = True
+
+            def push() -> None:
+                self._status_pending = False
+                self.notifier.send(f"STATUS={self._summary()}")
+
+            asyncio.get_running_loop().call_soon(push)
+
+    def _summary(self) -> str:
+        counts = Counter(row.state for row in self._rows())
+        if not counts:
+            return "no servers configured"
+        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+    # -- control requests --
+    def _rows(self) -> list[ServerStatus]:
+        rows = self.backend.status() if self.backend else {}
+        for name, problem in self.desired.problems.items():
+            rows[name] = ServerStatus(name=name, state="error", last_error=problem)
+        return [rows[n] for n in sorted(rows)]
+
+    def _caller(self, peer: Peer) -> str | None:
+        """None for a caller who may do everything, else the user name they may act for."""
+        if peer.uid == 0 or peer.uid == os.getuid():
+            return None
+        try:
+            return pwd.getpwuid(peer.uid).pw_name
+        except KeyError:
+            return f"#{peer.uid}"
+
+    def _names(self, args: dict, caller: str | None, default_all: bool) -> list[str]:
+        names = [str(n) for n in args.get("users") or []]
+        if caller is not None:
+            if not names:
+                return [caller]
+            others = sorted(set(names) - {caller})
+            if others:
+                raise Refused(f"permission denied: you may act only on your own server ({caller}), "
+                              f"not {', '.join(others)}")
+            return names
+        if not names and default_all:
+            return sorted(self.desired.specs)
+        if not names:
+            raise Refused("name at least one user")
+        unknown = sorted(set(names) - self.desired.specs.keys() - self.desired.problems.keys())
+        if unknown:
+            raise Refused(f"not configured: {', '.join(unknown)}")
+        return names
+
+    async def handle(self, cmd: str, args: dict, peer: Peer):
+        caller = self._caller(peer)
+        if cmd == "status":
+            rows = [r.to_dict() for r in self._rows() if caller is None or r.name == caller]
+            return {"daemon": self._daemon_info(), "servers": rows}
+        if cmd == "url":
+            return {"urls": {n: self._url(n) for n in self._names(args, caller, default_all=True)
+                             if n in self.desired.specs}}
+        if cmd == "logs":
+            names = self._names(args, caller, default_all=False)
+            return {"paths": {n: self.backend.log_path(n) for n in names}}
+        if cmd in ("start", "stop", "restart"):
+            names = self._names(args, caller, default_all=False)
+            missing = [n for n in names if n not in self.desired.specs]
+            if missing:
+                raise Refused("; ".join(f"{n}: {self.desired.problems.get(n, 'not configured')}" for n in missing))
+            async with self.lock:
+                await self._act(cmd, names)
+            return {"done": names}
+        if cmd == "reload":
+            if caller is not None:
+                raise Refused("permission denied: only root may reload notebookd")
+            await self.reload()
+            return {"reloaded": self.config.file}
+        raise Refused(f"unknown command {cmd!r}")
+
+    async def _act(self, cmd: str, names: list[str]) -> None:
+        specs = [self.desired.specs[n] for n in names]
+        if cmd == "stop":
+            self.held.update(names)
+            await asyncio.gather(*(self.backend.stop(n) for n in names))
+        elif cmd == "start":
+            self.held.difference_update(names)
+            await asyncio.gather(*(self.backend.start(s) for s in specs))
+        else:
+            self.held.difference_update(names)
+            await asyncio.gather(*(self.backend.restart(s) for s in specs))
+
+    def _url(self, name: str) -> str:
+        return f"{self.desired.specs[name].url()}?token={self.backend.tokens.get(name)}"
+
+    def _daemon_info(self) -> dict:
+        return {
+            "pid": os.getpid(), "version": __version__, "backend": self.config.backend,
+            "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
+            "reload": self.last_reload, "warnings": list(self.desired.warnings),
+        }
+
+
+def run(layout: Layout, config: configmod.Config) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        # under systemd the journal adds the time itself
+        format="%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else
+        "%(asctime)s %(levelname)s %(message)s",
+    )
+    return asyncio.run(Daemon(layout, config).run())

@@ -1,0 +1,133 @@
+"""Everything jupyter-specific: a ServerSpec becomes argv, environment and a server config file.
+
+jupyter_server 2.x moved auth settings to IdentityProvider classes; Debian's 1.23 keeps them on
+ServerApp. The version is read from the interpreter that will run the server, once per interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from notebookd.model import ServerSpec
+
+# Settings that decide where a server listens and who may talk to it. They go on the command
+# line as well as into the config file: command-line traits beat every config file, so nothing in
+# a user's ~/.jupyter can move the port or switch auth off.
+_ENFORCED_ON_ARGV = ("ip", "port", "port_retries", "base_url", "open_browser")
+
+
+def command(spec: ServerSpec) -> list[str]:
+    """The server's argv[0..n] with argv[0] made absolute against the server's PATH."""
+    words = list(spec.settings.command) or [sys.executable, "-m", "jupyter_server"]
+    if not os.path.isabs(words[0]):
+        found = shutil.which(words[0], path=spec.settings.path)
+        if found is None:
+            raise FileNotFoundError(f"command {words[0]!r} not found in PATH {spec.settings.path}")
+        words[0] = found
+    return words
+
+
+def interpreter(argv0: str) -> str | None:
+    """The Python that `argv0` runs: itself, or the one named in its #! line."""
+    if os.path.basename(argv0).startswith("python"):
+        return argv0
+    try:
+        with open(argv0, "rb") as fh:
+            first = fh.readline(256)
+    except OSError:
+        return None
+    if first.startswith(b"#!"):
+        words = first[2:].decode(errors="replace").split()
+        if words and os.path.basename(words[0]) == "env" and len(words) > 1:
+            return shutil.which(words[1])
+        return words[0] if words else None
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _version_of(python: str, mtime: float) -> int:
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return int(version("jupyter_server").split(".")[0])
+        except PackageNotFoundError:
+            return 2
+    try:
+        out = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('jupyter_server'))"],
+            capture_output=True, text=True, timeout=20, env={"PATH": "/usr/bin:/bin"},
+        ).stdout.strip()
+        return int(out.split(".")[0])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 2  # the current major; a wrong guess only costs deprecation warnings in its log
+
+
+def major_version(argv: list[str]) -> int:
+    python = interpreter(argv[0])
+    if python is None:
+        return 2
+    try:
+        mtime = os.stat(python).st_mtime
+    except OSError:
+        return 2
+    return _version_of(python, mtime)
+
+
+def server_config(spec: ServerSpec, major: int) -> dict:
+    """The traitlets config notebookd writes for this server (no secrets: the token comes by file)."""
+    config = json.loads(spec.settings.jupyter_config)  # the admin's extras first, ours over them
+    app = config.setdefault("ServerApp", {})
+    app.update(
+        ip=spec.ip,
+        port=spec.port,
+        port_retries=0,
+        open_browser=False,
+        base_url=spec.base_url,
+        root_dir=spec.root_dir,
+    )
+    csp = "frame-ancestors " + " ".join(spec.settings.frame_ancestors)
+    tornado = app.setdefault("tornado_settings", {})
+    tornado.setdefault("headers", {})["Content-Security-Policy"] = csp
+    if major >= 2:
+        config.setdefault("PasswordIdentityProvider", {})["allow_password_change"] = False
+    else:
+        app["allow_password_change"] = False
+    return config
+
+
+def argv(spec: ServerSpec, config_path: str, words: list[str]) -> list[str]:
+    enforced = server_config(spec, 2)["ServerApp"]
+    flags = [f"--ServerApp.{key}={_flag_value(enforced[key])}" for key in _ENFORCED_ON_ARGV]
+    return [*words, f"--config={config_path}", *flags, *spec.settings.args]
+
+
+def _flag_value(value: object) -> str:
+    return str(value) if not isinstance(value, bool) else ("True" if value else "False")
+
+
+def environment(spec: ServerSpec, token_file: str, runtime_dir: str, marker: str) -> dict[str, str]:
+    """A clean environment: nothing of the daemon's own leaks to the user's server."""
+    acc = spec.account
+    env = {
+        "HOME": acc.home,
+        "USER": acc.name,
+        "LOGNAME": acc.name,
+        "SHELL": acc.shell,
+        "PATH": spec.settings.path,
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        **dict(spec.settings.env),
+        "JUPYTER_TOKEN_FILE": token_file,
+        # runtime files (connection files, jpserver-*.json with the token) on local tmpfs, 0700,
+        # not in a home that may be on NFS or may not exist
+        "JUPYTER_RUNTIME_DIR": runtime_dir,
+        # inherited by kernels, which start their own sessions: how a stop finds every process
+        "NOTEBOOKD_SERVER": marker,
+    }
+    return env

@@ -1,0 +1,108 @@
+"""What one user's server should be (`ServerSpec`) and what it is doing (`ServerState`, `ServerStatus`).
+
+Backends, the reconcile step and the status output all speak these types; nothing here knows
+about jupyter or about processes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+
+from notebookd.config import Health, Logs, Restart, ServerSettings
+
+
+class ServerState(enum.Enum):
+    STOPPED = "stopped"      # no process, none scheduled
+    STARTING = "starting"    # process spawned, not answering yet
+    RUNNING = "running"      # answering on its port
+    STOPPING = "stopping"    # told to go; SIGTERM sent, SIGKILL after the grace period
+    BACKOFF = "backoff"      # exited or failed to start; restart scheduled
+    CRASHLOOP = "crashloop"  # failed too often in a row; retried at the slowest pace
+    ERROR = "error"          # cannot be started as configured (no such user, no port left)
+
+    @property
+    def is_up(self) -> bool:
+        return self is ServerState.RUNNING
+
+
+# The only moves a server may make. Anything else is a bug, and `check_transition` says so.
+TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.STOPPED: frozenset({ServerState.STARTING, ServerState.RUNNING}),  # RUNNING: adopted
+    ServerState.STARTING: frozenset({ServerState.RUNNING, ServerState.STOPPING, ServerState.BACKOFF,
+                                     ServerState.CRASHLOOP}),
+    ServerState.RUNNING: frozenset({ServerState.STOPPING, ServerState.BACKOFF, ServerState.CRASHLOOP}),
+    ServerState.STOPPING: frozenset({ServerState.STOPPED, ServerState.BACKOFF, ServerState.CRASHLOOP}),
+    ServerState.BACKOFF: frozenset({ServerState.STARTING, ServerState.STOPPED}),
+    ServerState.CRASHLOOP: frozenset({ServerState.STARTING, ServerState.STOPPED}),
+    ServerState.ERROR: frozenset(),
+}
+
+
+class TransitionError(AssertionError):
+    pass
+
+
+def check_transition(name: str, old: ServerState, new: ServerState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise TransitionError(f"{name}: {old.value} -> {new.value} is not a valid transition")
+
+
+@dataclass(frozen=True)
+class Account:
+    """A Unix user as the server will run: looked up once per (re)load."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # supplementary groups, sorted
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything that decides how one user's server runs. Equal specs mean nothing to restart."""
+
+    account: Account
+    ip: str
+    port: int
+    base_url: str  # with {user} filled in, ending in '/'
+    root_dir: str  # absolute, ~ expanded
+    settings: ServerSettings
+    restart: Restart
+    health: Health
+    logs: Logs
+
+    @property
+    def name(self) -> str:
+        return self.account.name
+
+    def url(self, host: str | None = None) -> str:
+        host = host or self.ip
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}{self.base_url}"
+
+
+@dataclass
+class ServerStatus:
+    """One row of `notebookd status`: plain data, the CLI formats it."""
+
+    name: str
+    state: str
+    port: int | None = None
+    url: str | None = None
+    pid: int | None = None
+    since: float | None = None       # wall-clock time of the last state change
+    started: float | None = None     # wall-clock time the current process became RUNNING
+    restarts: int = 0
+    memory: int | None = None        # RSS of the whole process tree, bytes
+    last_error: str | None = None
+    last_exit: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

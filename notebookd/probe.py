@@ -1,0 +1,30 @@
+"""The HTTP probe that decides "ready" and "healthy": GET {base_url}api answers 200."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def http_status(host: str, port: int, path: str, timeout: float) -> int | str:
+    """The HTTP status code of GET `path`, or a short reason why there was none."""
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            hostname = f"[{host}]" if ":" in host else host
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {hostname}:{port}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            line = await reader.readline()
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    parts = line.split()
+    if len(parts) >= 2 and parts[1].isdigit():
+        return int(parts[1])
+    return "not an HTTP answer"

@@ -1,0 +1,118 @@
+"""Finding and ending every process of one server, kernels included.
+
+Kernels start their own sessions, so the server's process group does not reach them, and a kernel
+orphaned by a crashed server is no longer its descendant. Each server's environment carries a
+marker (`NOTEBOOKD_SERVER`) that kernels inherit; a stop takes the server's descendants and every
+process of that uid with the marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import psutil
+
+MARKER_VAR = "NOTEBOOKD_SERVER"
+
+
+def server_processes(pid: int | None, uid: int, marker: str) -> list[psutil.Process]:
+    found: dict[int, psutil.Process] = {}
+    if pid:
+        try:
+            root = psutil.Process(pid)
+            found[pid] = root
+            for child in root.children(recursive=True):
+                found[child.pid] = child
+        except psutil.Error:
+            pass
+    for proc in psutil.process_iter(["uids"]):
+        if proc.pid in found or not proc.info["uids"] or proc.info["uids"].real != uid:
+            continue
+        try:
+            if proc.environ().get(MARKER_VAR) == marker:
+                found[proc.pid] = proc
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def tree_memory(procs: list[psutil.Process]) -> int:
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil checks the start time: a reused pid is left alone
+        except psutil.Error:
+            pass
+
+
+async def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until the processes have exited (pidfd, no polling); return those still alive."""
+    loop = asyncio.get_running_loop()
+    waiters = []
+    fds = []
+    for proc in procs:
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            continue
+        if not proc.is_running():
+            os.close(fd)
+            continue
+        fut = loop.create_future()
+        loop.add_reader(fd, lambda f=fut: f.done() or f.set_result(None))
+        fds.append(fd)
+        waiters.append(fut)
+    try:
+        if waiters:
+            await asyncio.wait(waiters, timeout=timeout)
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+    return [p for p in procs if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> list[int]:
+    """SIGTERM the server's group, SIGKILL after `grace`; then the same for any stray kernel.
+
+    Returns the pids that needed SIGKILL (for the log)."""
+    procs = server_processes(pid, uid, marker)
+    if not procs:
+        return []
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGTERM)  # the server leads its own session and group
+        except (ProcessLookupError, PermissionError):
+            pass
+    # The server stops its kernels itself on SIGTERM; give it the grace period to do so.
+    survivors = await wait_gone(procs, grace)
+    killed = []
+    if survivors:
+        _signal_all(survivors, signal.SIGTERM)
+        survivors = await wait_gone(survivors, min(2.0, grace))
+    for _ in range(3):  # a stray may fork while we look; a few passes catch its children too
+        survivors += [p for p in server_processes(None, uid, marker) if p not in survivors]
+        if not survivors:
+            break
+        killed += [p.pid for p in survivors]
+        _signal_all(survivors, signal.SIGKILL)
+        survivors = await wait_gone(survivors, 5.0)
+    return killed

@@ -1,0 +1,68 @@
+"""Human units in the config: durations (``30s``, ``1m30s``) and sizes (``10MiB``)."""
+
+import re
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE_FACTORS = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30s``, ``1m30s``, ``500ms`` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 1m30s, 500ms)")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative")
+        return float(value)
+    text = str(value).strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 1m30s, 500ms)")
+    return total
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``10MiB``, ``500kB``, ``1GB`` or a bare number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size (e.g. 10MiB, 500kB)")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative")
+        return value
+    match = _SIZE.fullmatch(str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size (e.g. 10MiB, 500kB)")
+    unit = (match.group(2) or "B").lower()
+    return int(float(match.group(1)) * _SIZE_FACTORS[unit])
+
+
+def format_duration(seconds: float) -> str:
+    """Short, for status tables: 42s, 5m12s, 3h05m, 2d04h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,78 @@
+"""Read YAML into plain values that remember their line, for one-line config errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class ConfigError(Exception):
+    """A config problem, rendered as ``file:line: key.path: message`` on one line."""
+
+    def __init__(self, file: str, line: int | None, path: str, message: str):
+        self.file, self.line, self.path, self.message = file, line, path, message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Located:
+    """A YAML value (scalar, ``dict[str, Located]`` or ``list[Located]``) and where it stands."""
+
+    value: Any
+    line: int
+    path: str
+    file: str
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line, self.path, message)
+
+
+def parse(text: str, file: str) -> Located:
+    """Parse YAML text; syntax errors become a ConfigError with the line."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(filter(None, [exc.context, exc.problem]))
+        raise ConfigError(file, mark.line + 1 if mark else None, "", f"YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, None, "", f"YAML error: {exc}") from None
+    if node is None:
+        return Located({}, 1, "", file)
+    return _convert(node, "", file, yaml.constructor.SafeConstructor())
+
+
+def _convert(node: yaml.Node, path: str, file: str, scalars: yaml.constructor.SafeConstructor,
+             parents: tuple[int, ...] = ()) -> Located:
+    line = node.start_mark.line + 1
+    if id(node) in parents or len(parents) > 64:
+        raise ConfigError(file, line, path, "nested too deep (a recursive alias?)")
+    parents += (id(node),)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Located] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                raise ConfigError(file, key_node.start_mark.line + 1, path, "keys must be plain names")
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            if key in out:
+                raise ConfigError(file, key_node.start_mark.line + 1, child,
+                                  f"given twice (first on line {out[key].line})")
+            out[key] = _convert(value_node, child, file, scalars, parents)
+        return Located(out, line, path, file)
+    if isinstance(node, yaml.SequenceNode):
+        items = [_convert(n, f"{path}[{i}]", file, scalars, parents) for i, n in enumerate(node.value)]
+        return Located(items, line, path, file)
+    try:
+        value = scalars.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(file, line, path, f"bad value: {exc}") from None
+    return Located(value, line, path, file)
