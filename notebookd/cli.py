@@ -24,13 +24,19 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, not argparse's usage block: scripts and people both read the last line."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="notebookd", description="Run and supervise one jupyter_server per user.")
+    p = _Parser(prog="notebookd", description="Run and supervise one jupyter_server per user.")
     p.add_argument("--version", action="version", version=f"notebookd {__version__}")
     p.add_argument("--config", "-c", metavar="PATH",
                    help=f"config file (default: $NOTEBOOKD_CONFIG or {paths.SYSTEM_CONFIG}; "
                         "for non-root users ~/.config/notebookd/notebookd.yaml)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     sub.add_parser("run", help="run the daemon in the foreground (as root: every configured user; "
                                "as a user: your own server)")

@@ -23,7 +23,8 @@ _ENFORCED_ON_ARGV = ("ip", "port", "port_retries", "base_url", "open_browser")
 
 def command(spec: ServerSpec) -> list[str]:
     """The server's argv[0..n] with argv[0] made absolute against the server's PATH."""
-    words = list(spec.settings.command) or [sys.executable, "-m", "jupyter_server"]
+    # -I: the user's ~/.local site-packages and PYTHON* variables do not reach the server process
+    words = list(spec.settings.command) or [sys.executable, "-I", "-m", "jupyter_server"]
     if not os.path.isabs(words[0]):
         found = shutil.which(words[0], path=spec.settings.path)
         if found is None:
@@ -94,10 +95,13 @@ def server_config(spec: ServerSpec, major: int) -> dict:
     csp = "frame-ancestors " + " ".join(spec.settings.frame_ancestors)
     tornado = app.setdefault("tornado_settings", {})
     tornado.setdefault("headers", {})["Content-Security-Policy"] = csp
+    app.update(disable_check_xsrf=False, allow_origin="", allow_origin_pat="")
     if major >= 2:
-        config.setdefault("PasswordIdentityProvider", {})["allow_password_change"] = False
+        app["identity_provider_class"] = "jupyter_server.auth.identity.PasswordIdentityProvider"
+        config.setdefault("PasswordIdentityProvider", {}).update(allow_password_change=False)
     else:
-        app["allow_password_change"] = False
+        # 1.23 silently skips the 2.x sections: these must be on ServerApp there
+        app.update(allow_password_change=False)
     return config
 
 
@@ -111,9 +115,10 @@ def _flag_value(value: object) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
 
 
-def environment(spec: ServerSpec, token_file: str, runtime_dir: str, marker: str) -> dict[str, str]:
+def environment(spec: ServerSpec, files: dict[str, str], marker: str) -> dict[str, str]:
     """A clean environment: nothing of the daemon's own leaks to the user's server."""
     acc = spec.account
+    lab = os.path.join(acc.home, ".jupyter", "lab")
     env = {
         "HOME": acc.home,
         "USER": acc.name,
@@ -123,10 +128,16 @@ def environment(spec: ServerSpec, token_file: str, runtime_dir: str, marker: str
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         **dict(spec.settings.env),
-        "JUPYTER_TOKEN_FILE": token_file,
+        "JUPYTER_TOKEN_FILE": files["token"],
+        # The root-owned directory of the config notebookd wrote: ~/.jupyter/*config* (which may
+        # be Python code) is not read, so it cannot move the port or turn auth off. JupyterLab's
+        # own settings and workspaces stay in the home, where the user can change them.
+        "JUPYTER_CONFIG_DIR": os.path.dirname(files["config"]),
+        "JUPYTERLAB_SETTINGS_DIR": os.path.join(lab, "user-settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": os.path.join(lab, "workspaces"),
         # runtime files (connection files, jpserver-*.json with the token) on local tmpfs, 0700,
         # not in a home that may be on NFS or may not exist
-        "JUPYTER_RUNTIME_DIR": runtime_dir,
+        "JUPYTER_RUNTIME_DIR": files["runtime"],
         # inherited by kernels, which start their own sessions: how a stop finds every process
         "NOTEBOOKD_SERVER": marker,
     }

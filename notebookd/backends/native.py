@@ -117,7 +117,7 @@ class NativeServer:
             raise
         finally:
             if self.pid is not None or self.state in (S.STARTING, S.RUNNING):
-                await self._terminate("stopping")
+                await self._terminate("stop requested")
             if self.state is not S.STOPPED:
                 self._transition(S.STOPPED)
 
@@ -251,7 +251,7 @@ class NativeServer:
         write_atomic(files["token"], self.host.tokens.get(acc.name).encode(), 0o400, acc.uid, acc.gid)
         ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
         argv = jupyter.argv(spec, files["config"], words)
-        env = jupyter.environment(spec, files["token"], files["runtime"], self.marker)
+        env = jupyter.environment(spec, files, self.marker)
         identity = {}
         if self.host.system:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
@@ -293,7 +293,7 @@ class NativeServer:
             log.warning("%s: needed SIGKILL for pid(s) %s", self.spec.name, ", ".join(map(str, killed)))
         if self._exit is not None and not self._exit.done():
             await self._exit
-        if self._exit is not None and self.last_exit is None:
+        if self._exit is not None:
             self.last_exit = describe_exit(self._exit.result())
         self.host.record(self.spec.name, None)
 
@@ -334,6 +334,12 @@ class NativeBackend:
     def server_files(self, spec: ServerSpec) -> dict[str, str]:
         base = os.path.join(self.run_dir, "servers", spec.name)
         ensure_dir(base, 0o750, self.root_uid, spec.account.gid)
+        # jupyter_core migrates ~/.ipython config once and marks that by writing this file into
+        # the config dir, which is ours and read-only to the user: without it every start after
+        # the first kernel (which creates ~/.ipython) would fail.
+        migrated = os.path.join(base, "migrated")
+        if not os.path.exists(migrated):
+            write_atomic(migrated, b"", 0o644, self.root_uid, spec.account.gid)
         return {
             "config": os.path.join(base, "jupyter_server_config.json"),
             "token": os.path.join(base, "token"),
@@ -434,9 +440,9 @@ class NativeBackend:
         return rows
 
     def memory(self) -> dict[str, int]:
-        """RSS of each server's process tree; one pass over /proc, cached for a few seconds."""
+        """RSS of each server's process tree; one pass over /proc, cached for two seconds."""
         stamp, cached = self._memory
-        if time.monotonic() - stamp < 5:
+        if time.monotonic() - stamp < 2:
             return cached
         import psutil
 

@@ -1,0 +1,214 @@
+"""Shared fixtures: real Unix users, a real daemon process, and small HTTP helpers.
+
+Starting a jupyter_server costs CPU-seconds, so daemons (and their servers) are module-scoped:
+each test module shares one set of running servers, and tests that change state put it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: creates Unix users and runs servers as them")
+
+USER_PREFIX = "nbt"
+
+
+def free_ports(n: int, start: int = 20000) -> list[int]:
+    """`n` consecutive-ish free ports on 127.0.0.1, from a range nothing else here uses."""
+    ports = []
+    port = start + (os.getpid() % 500) * 20
+    while len(ports) < n:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                ports.append(port)
+            except OSError:
+                pass
+        port += 1
+    return ports
+
+
+def make_user(name: str) -> pwd.struct_passwd:
+    """A real Unix user with a home, created for the test run (removed at the end of the session)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        return pwd.getpwnam(name)
+
+
+@pytest.fixture(scope="session")
+def users():
+    """Factory for test users; all of them are deleted when the session ends."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    made: list[str] = []
+
+    def make(short: str) -> pwd.struct_passwd:
+        name = f"{USER_PREFIX}{short}"
+        pw = make_user(name)
+        if name not in made:
+            made.append(name)
+        return pw
+
+    yield make
+    for name in made:
+        subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+
+
+def http(url: str, token: str | None = None, method: str = "GET", body: bytes | None = None,
+         timeout: float = 10) -> tuple[int, bytes, dict]:
+    req = urllib.request.Request(url, method=method, data=body)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc).encode(), {}
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Daemon:
+    """`notebookd run` in a subprocess, with its own run/state/log dirs under `base`."""
+
+    def __init__(self, base: str, config: str, as_user: str | None = None, extra_env: dict | None = None):
+        self.base = base
+        self.config_path = os.path.join(base, "notebookd.yaml")
+        self.run_dir = os.path.join(base, "run")
+        self.as_user = as_user
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.write_config(config)
+
+    def write_config(self, text: str) -> None:
+        with open(self.config_path, "w") as fh:
+            fh.write(textwrap.dedent(text).replace("{base}", self.base))
+        os.chmod(self.config_path, 0o644)
+
+    @property
+    def env(self) -> dict:
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "NOTEBOOKD_RUN_DIR": self.run_dir,
+               "NOTEBOOKD_CONFIG": self.config_path, "LANG": "C.UTF-8", **self.extra_env}
+        if self.as_user:
+            pw = pwd.getpwnam(self.as_user)
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+        else:
+            env["HOME"] = "/root"
+        return env
+
+    def _wrap(self, argv: list[str], user: str | None) -> list[str]:
+        return ["/usr/sbin/runuser", "-u", user, "--", *argv] if user else argv
+
+    def start(self, wait_ready: bool = True) -> "Daemon":
+        self.log = open(os.path.join(self.base, "daemon.log"), "ab")
+        self.proc = subprocess.Popen(
+            self._wrap([sys.executable, "-m", "notebookd", "run"], self.as_user),
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.proc.poll() is not None or os.path.exists(os.path.join(self.run_dir, "control.sock")),
+                 30, what="the control socket")
+        assert self.proc.poll() is None, f"daemon exited: {self.daemon_log()}"
+        if wait_ready:
+            self.wait_all_running()
+        return self
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self.log.close()
+        return rc
+
+    def cli(self, *args: str, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = dict(self.env)
+        if user:
+            pw = pwd.getpwnam(user)
+            env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+        return subprocess.run(self._wrap([sys.executable, "-m", "notebookd", *args], user),
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> dict:
+        out = self.cli("status", "--json")
+        assert out.returncode in (0, 3), out.stderr
+        return json.loads(out.stdout)
+
+    def rows(self) -> dict[str, dict]:
+        return {r["name"]: r for r in self.status()["servers"]}
+
+    def wait_state(self, name: str, state: str, timeout: float = 60) -> dict:
+        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r,
+                        timeout, what=f"{name} {state}")
+
+    def wait_replaced(self, name: str, old_pid: int, timeout: float = 60) -> dict:
+        """Wait until `name` runs again in a process other than `old_pid`."""
+        return wait_for(lambda: (r := self.rows()[name])["state"] == "running" and r["pid"] not in (None, old_pid)
+                        and r, timeout, what=f"{name} running again after pid {old_pid}")
+
+    def wait_all_running(self, timeout: float = 120) -> dict:
+        return wait_for(lambda: (rows := self.rows()) and all(r["state"] == "running" for r in rows.values())
+                        and rows, timeout, interval=0.3, what="all servers running")
+
+    def token(self, name: str) -> str:
+        return self.url(name).split("token=", 1)[1]
+
+    def url(self, name: str) -> str:
+        out = self.cli("url", name)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def daemon_log(self) -> str:
+        try:
+            with open(os.path.join(self.base, "daemon.log"), errors="replace") as fh:
+                return fh.read()[-5000:]
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    """A world-traversable scratch dir for one module (servers run as other users)."""
+    base = tempfile.mkdtemp(prefix="nbt-")
+    os.chmod(base, 0o755)
+    yield base
+    if not os.environ.get("NBT_KEEP"):  # NBT_KEEP=1 keeps logs and state for a post-mortem
+        subprocess.run(["rm", "-rf", base])
+
+
+def uid_processes(uid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    out.append(int(entry))
+            except FileNotFoundError:
+                pass
+    return out
