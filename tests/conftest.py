@@ -6,6 +6,7 @@ each test module shares one set of running servers, and tests that change state 
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -70,6 +71,15 @@ def users():
         subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
 
 
+def as_user(name: str | None) -> dict:
+    """Popen arguments that run a child as `name` (with that user's groups), or as root for None."""
+    if not name:
+        return {}
+    pw = pwd.getpwnam(name)
+    groups = [g.gr_gid for g in grp.getgrall() if name in g.gr_mem]
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
+
+
 def http(url: str, token: str | None = None, method: str = "GET", body: bytes | None = None,
          timeout: float = 10) -> tuple[int, bytes, dict]:
     req = urllib.request.Request(url, method=method, data=body)
@@ -123,14 +133,12 @@ class Daemon:
             env["HOME"] = "/root"
         return env
 
-    def _wrap(self, argv: list[str], user: str | None) -> list[str]:
-        return ["/usr/sbin/runuser", "-u", user, "--", *argv] if user else argv
 
     def start(self, wait_ready: bool = True) -> "Daemon":
         self.log = open(os.path.join(self.base, "daemon.log"), "ab")
         self.proc = subprocess.Popen(
-            self._wrap([sys.executable, "-m", "notebookd", "run"], self.as_user),
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "notebookd", "run"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd="/", **as_user(self.as_user),
         )
         wait_for(lambda: self.proc.poll() is not None or os.path.exists(os.path.join(self.run_dir, "control.sock")),
                  30, what="the control socket")
@@ -152,8 +160,8 @@ class Daemon:
         if user:
             pw = pwd.getpwnam(user)
             env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
-        return subprocess.run(self._wrap([sys.executable, "-m", "notebookd", *args], user),
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "notebookd", *args], env=env, capture_output=True,
+                              text=True, timeout=timeout, cwd="/", **as_user(user))
 
     def status(self) -> dict:
         out = self.cli("status", "--json")
@@ -187,7 +195,7 @@ class Daemon:
     def daemon_log(self) -> str:
         try:
             with open(os.path.join(self.base, "daemon.log"), errors="replace") as fh:
-                return fh.read()[-5000:]
+                return fh.read()[-20000:]
         except FileNotFoundError:
             return ""
 

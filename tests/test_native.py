@@ -240,6 +240,8 @@ def test_rotated_logs_hold_every_line_none_split(lab):
     for mark in marks:
         http(row["url"] + "nope/" + mark, token)
     logdir = os.path.join(lab.base, "logs")
+    current = os.path.join(logdir, name + ".log")
+    wait_for(lambda: marks[-1] in open(current, errors="replace").read(), 10, what="the last line in the log")
     files = sorted(f for f in os.listdir(logdir) if f.startswith(name + ".log"))
     assert len(files) == 4, f"rotated into .1 .. .3 with keep: 3: {files}"
     # the newest files hold the end of the stream; every marked line that is still kept is whole
