@@ -167,10 +167,10 @@ def _command(item: Located) -> tuple[str, ...]:
             words = tuple(shlex.split(item.value))
         except ValueError as exc:
             raise item.error(f"cannot split command: {exc}") from None
+        if not words:
+            raise item.error("the command is empty")
     else:
-        words = _str_list(item)
-    if not words:
-        raise item.error("the command is empty")
+        words = _str_list(item)  # [] means the default command
     return words
 
 

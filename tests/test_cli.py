@@ -1,0 +1,48 @@
+"""The CLI as users and monitoring scripts meet it: fast, one-line errors, honest exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("yaml", "psutil", "asyncio", "jupyter_server", "tornado", "notebookd.config", "notebookd.daemon")
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "notebookd", *args], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd="/")
+
+
+def test_status_path_imports_nothing_heavy(tmp_path):
+    code = (
+        "import sys, notebookd.cli as c\n"
+        "rc = c.main(['status'])\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "NOTEBOOKD_RUN_DIR": str(tmp_path)})
+    assert out.stdout.strip() == "[] 4", out.stdout + out.stderr
+
+
+def test_no_daemon_is_exit_4_with_one_line(tmp_path):
+    out = run("status", env={"NOTEBOOKD_RUN_DIR": str(tmp_path)})
+    assert out.returncode == 4
+    assert out.stderr.count("\n") == 1 and "not running" in out.stderr and not out.stdout
+
+
+def test_bad_flag_is_one_line_exit_2():
+    out = run("status", "--bogus")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--bogus" in out.stderr
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("notebookd ")
+
+
+def test_check_config_names_a_missing_user_with_its_line(tmp_path):
+    cfg = tmp_path / "n.yaml"
+    cfg.write_text("listen: {ports: 8800-8810}\nusers:\n  nosuchuser-nbt: {port: 8801}\n")
+    out = run("--config", str(cfg), "check-config")
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"notebookd: {cfg}:3: users.nosuchuser-nbt: no such user 'nosuchuser-nbt'"
