@@ -28,7 +28,7 @@ def test_example_loads_to_the_defaults():
 
 def test_example_documents_every_key():
     text = open(EXAMPLE).read()
-    documented = set(re.findall(r"^\s*#?\s{0,3}([a-z_]+):", text, re.M))
+    documented = set(re.findall(r"^\s*#?\s*([a-z_]+):", text, re.M))
     sections = {
         "listen": config.Listen, "server": config.ServerSettings, "restart": config.Restart,
         "health": config.Health, "logs": config.Logs,
