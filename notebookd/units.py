@@ -1,5 +1,6 @@
 """Human units in the config: durations (``30s``, ``1m30s``) and sizes (``10MiB``)."""
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -16,36 +17,62 @@ _SIZE_FACTORS = {
 def parse_duration(value: object) -> float:
     """Seconds from ``30s``, ``1m30s``, ``500ms`` or a bare number of seconds."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 1m30s, 500ms)")
+        raise ValueError(f"{_show(value)} is not a duration (e.g. 30s, 1m30s, 500ms)")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{value!r} is negative")
+        total = _finite(value)
+    else:
+        text = str(value).strip().replace(" ", "")
+        pos, total = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+            pos = match.end()
+        if not text or pos != len(text):
+            raise ValueError(f"{_show(value)} is not a duration (e.g. 30s, 1m30s, 500ms)")
+    if math.isnan(total):
+        raise ValueError(f"{_show(value)} is not a duration")
+    if total < 0:
+        raise ValueError(f"{_show(value)} is negative")
+    if total > _LONGEST:
+        raise ValueError(f"{_show(value)} is too long (at most 365d)")
+    return float(total)
+
+
+_LONGEST = 365 * 86400.0
+
+
+def _finite(value: int | float) -> float:
+    try:
         return float(value)
-    text = str(value).strip().replace(" ", "")
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
-        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 1m30s, 500ms)")
-    return total
+    except OverflowError:
+        return math.inf
 
 
 def parse_size(value: object) -> int:
     """Bytes from ``10MiB``, ``500kB``, ``1GB`` or a bare number of bytes."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size (e.g. 10MiB, 500kB)")
+        raise ValueError(f"{_show(value)} is not a size (e.g. 10MiB, 500kB)")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"{value!r} is negative")
+            raise ValueError(f"{_show(value)} is negative")
+        if value > 2**60:
+            raise ValueError(f"{_show(value)} is too large")
         return value
     match = _SIZE.fullmatch(str(value).strip())
     if not match:
-        raise ValueError(f"{value!r} is not a size (e.g. 10MiB, 500kB)")
+        raise ValueError(f"{_show(value)} is not a size (e.g. 10MiB, 500kB)")
     unit = (match.group(2) or "B").lower()
-    return int(float(match.group(1)) * _SIZE_FACTORS[unit])
+    size = float(match.group(1)) * _SIZE_FACTORS[unit]
+    if not math.isfinite(size) or size > 2**60:
+        raise ValueError(f"{_show(value)} is too large")
+    return int(size)
+
+
+def _show(value: object) -> str:
+    """A value for an error message, cut short: errors stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def format_duration(seconds: float) -> str:
