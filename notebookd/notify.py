@@ -13,6 +13,10 @@ class Notifier:
             import sdnotify
 
             self._sd = sdnotify.SystemdNotifier()
+            if self._sd.socket is not None:
+                # never let a slow reader of the socket stall the event loop: a message that does not
+                # fit is dropped (sdnotify swallows the EAGAIN), the next one carries the news
+                self._sd.socket.setblocking(False)
 
     @property
     def enabled(self) -> bool:
