@@ -21,6 +21,7 @@ from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.paths import Layout
+from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
 
@@ -46,7 +47,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         ensure_dir(self.layout.run_dir, 0o755)
         ensure_dir(self.config.state_dir, 0o755)
-        self.backend = NativeBackend(self.layout.run_dir, self.config.state_dir, self.layout.system,
+        self.tokens = TokenStore(self.config.state_dir)
+        self.backend = NativeBackend(self.layout.run_dir, self.config.state_dir, self.layout.system, self.tokens,
                                      on_change=self._changed)
         await self.backend.open()
         control = await serve(self.layout.socket, self.handle)
@@ -88,7 +90,7 @@ class Daemon:
             log.error("%s: %s", name, problem)
         self.held &= self.desired.specs.keys()
         step = reconcile.plan(self.desired.specs, frozenset(self.held), self.backend.specs(),
-                              set(self.backend.servers))
+                              self.backend.names())
         if step:
             log.info("reconcile: %s", step.describe())
         await reconcile.apply(step, self.backend)
@@ -209,7 +211,7 @@ class Daemon:
             await asyncio.gather(*(self.backend.restart(s) for s in specs))
 
     def _url(self, name: str) -> str:
-        return f"{self.desired.specs[name].url()}?token={self.backend.tokens.get(name)}"
+        return f"{self.desired.specs[name].url()}?token={self.tokens.get(name)}"
 
     def _daemon_info(self) -> dict:
         return {

@@ -17,6 +17,9 @@ class Backend(Protocol):
     async def open(self) -> None:
         """Get ready (create dirs, connect); called once before anything else."""
 
+    def names(self) -> set[str]:
+        """Every server it knows, stopped ones included."""
+
     def specs(self) -> dict[str, ServerSpec]:
         """The servers it has been told to run and not told to stop, by user."""
 

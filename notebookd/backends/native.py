@@ -314,11 +314,11 @@ class NativeServer:
 class NativeBackend:
     name = "native"
 
-    def __init__(self, run_dir: str, state_dir: str, system: bool, max_parallel_starts: int | None = None,
-                 on_change=lambda: None):
+    def __init__(self, run_dir: str, state_dir: str, system: bool, tokens: TokenStore,
+                 max_parallel_starts: int | None = None, on_change=lambda: None):
         self.run_dir, self.state_dir, self.system = run_dir, state_dir, system
         self.root_uid = 0 if system else -1  # owner of the files a user may read but not change
-        self.tokens = TokenStore(state_dir)
+        self.tokens = tokens
         self.servers: dict[str, NativeServer] = {}
         self.start_slots = asyncio.Semaphore(max_parallel_starts or os.cpu_count() or 2)
         self.changed = on_change
@@ -392,6 +392,9 @@ class NativeBackend:
             os.unlink(path)
 
     # -- the Backend contract --
+    def names(self) -> set[str]:
+        return set(self.servers)
+
     def specs(self) -> dict[str, ServerSpec]:
         return {n: s.spec for n, s in self.servers.items() if s.wanted}
 
