@@ -111,8 +111,14 @@ def _str(item: Located) -> str:
     return str(item.value)
 
 
+def _scalar(item: Located) -> None:
+    if isinstance(item.value, (dict, list)) or item.value is None:
+        raise item.error(f"expected a single value, got {_kind(item.value)}")
+
+
 def _int_range(low: int, high: int, what: str) -> Callable[[Located], int]:
     def read(item: Located) -> int:
+        _scalar(item)
         v = item.value
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
             raise item.error(f"{v!r} is not a valid {what} ({low}-{high})")
@@ -124,6 +130,7 @@ _port = _int_range(1, 65535, "port")
 
 
 def _duration(item: Located) -> float:
+    _scalar(item)
     try:
         return parse_duration(item.value)
     except ValueError as exc:
@@ -131,6 +138,7 @@ def _duration(item: Located) -> float:
 
 
 def _size(item: Located) -> int:
+    _scalar(item)
     try:
         return parse_size(item.value)
     except ValueError as exc:
@@ -145,6 +153,7 @@ def _ip(item: Located) -> str:
 
 
 def _port_range(item: Located) -> tuple[int, int]:
+    _scalar(item)
     v = item.value
     if isinstance(v, int) and not isinstance(v, bool):
         low = high = _port(item)
@@ -200,6 +209,8 @@ def _check_placeholders(item: Located, text: str) -> None:
     for name in re.findall(r"\{([^}]*)\}", text):
         if name != "user":
             raise item.error(f"unknown placeholder {{{name}}} (only {{user}} is known)")
+    if "{" in text.replace("{user}", "") or "}" in text.replace("{user}", ""):
+        raise item.error(f"{text!r} has an unmatched brace (the only placeholder is {{user}})")
 
 
 def _env(item: Located) -> tuple[tuple[str, str], ...]:
@@ -244,6 +255,13 @@ def _mapping(item: Located) -> dict[str, Located]:
     return item.value
 
 
+def _positive_duration(item: Located) -> float:
+    seconds = _duration(item)
+    if seconds <= 0:
+        raise item.error("must be more than zero")
+    return seconds
+
+
 # ---- sections ----
 
 class _Section:
@@ -271,8 +289,8 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
     "env": _env,
     "frame_ancestors": _str_list,
     "jupyter_config": _jupyter_config,
-    "start_timeout": _duration,
-    "stop_timeout": _duration,
+    "start_timeout": _positive_duration,
+    "stop_timeout": _positive_duration,
 }
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
@@ -302,6 +320,8 @@ def load(layout: Layout, text: str | None = None) -> Config:
 
 def from_document(root: Located, layout: Layout) -> Config:
     file = root.file
+    if root.value is None:  # a document of only comments (after a `---`): every default
+        root = replace(root, value={})
     if not isinstance(root.value, dict):
         raise ConfigError(file, root.line, "", f"the file must be a mapping of settings, got {_kind(root.value)}")
     top = _Section(root, {key: (lambda item: item) for key in _TOP_KEYS})
@@ -322,9 +342,6 @@ def from_document(root: Located, layout: Layout) -> Config:
     if "server" in keys:
         sec = _Section(keys["server"], _SERVER_KEYS)
         server = replace(server, **sec.values())
-        for key in ("start_timeout", "stop_timeout"):
-            if key in sec.keys:
-                _positive(key, getattr(server, key), sec)
 
     restart = Restart()
     if "restart" in keys:
@@ -379,6 +396,8 @@ def from_document(root: Located, layout: Layout) -> Config:
                 other, line = seen_ports[port]
                 raise sec.keys["port"].error(f"port {port} is already given to {other} (line {line})")
             seen_ports[port] = (name, sec.keys["port"].line)
+        if "env" in values:  # a user's env adds to (and may override) the defaults
+            values["env"] = tuple(sorted({**dict(server.env), **dict(values["env"])}.items()))
         settings = replace(server, **values)
         users.append(UserEntry(name, item.line, port, settings))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -19,7 +19,9 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        # one line, whatever a key or value held
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,12 @@ def parse(text: str, file: str) -> Located:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(filter(None, [exc.context, exc.problem]))
-        raise ConfigError(file, mark.line + 1 if mark else None, "", f"YAML syntax error: {problem}") from None
+        raise ConfigError(file, mark.line + 1 if mark else None, "", f"YAML syntax error: {_problem(exc)}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        raise ConfigError(file, line, "", f"YAML error: character {exc.character!r} is not allowed") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(file, None, "", f"YAML error: {exc}") from None
+        raise ConfigError(file, None, "", f"YAML error: {' '.join(str(exc).split())}") from None
     if node is None:
         return Located({}, 1, "", file)
     return _convert(node, "", file, yaml.constructor.SafeConstructor())
@@ -66,13 +70,22 @@ def _convert(node: yaml.Node, path: str, file: str, scalars: yaml.constructor.Sa
             if key in out:
                 raise ConfigError(file, key_node.start_mark.line + 1, child,
                                   f"given twice (first on line {out[key].line})")
-            out[key] = _convert(value_node, child, file, scalars, parents)
+            value = _convert(value_node, child, file, scalars, parents)
+            # a block mapping or list starts on the line after its key: errors point at the key
+            out[key] = replace(value, line=key_node.start_mark.line + 1)
         return Located(out, line, path, file)
     if isinstance(node, yaml.SequenceNode):
         items = [_convert(n, f"{path}[{i}]", file, scalars, parents) for i, n in enumerate(node.value)]
         return Located(items, line, path, file)
     try:
         value = scalars.construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(file, line, path, f"bad value: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(file, line, path, f"bad value: {_problem(exc)}") from None
+    except (yaml.YAMLError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        # PyYAML's constructors fail in these ways on values that do not fit an explicit tag
+        raise ConfigError(file, line, path, f"bad value for tag {node.tag}: {type(exc).__name__}") from None
     return Located(value, line, path, file)
+
+
+def _problem(exc: yaml.MarkedYAMLError) -> str:
+    return " ".join(" ".join(filter(None, [exc.context, exc.problem])).split())
