@@ -78,21 +78,27 @@ backend: {backend}
 listen: {{ip: 127.0.0.1, ports: {low}-{high}}}
 state_dir: {state}
 logs: {{dir: {logs}, max_size: 64KiB, keep: 2}}
-restart: {{backoff_min: 0.5s, backoff_max: 3s, crashloop_after: 20}}
+restart: {restart}
 server: {{stop_timeout: 5s}}
 users:
 {users}
 """
 
 
-def render(backend: str, extra: str, low: int, state: str, logs: str, entries: dict[str, str]) -> str:
+RESTART = "{backoff_min: 0.5s, backoff_max: 3s, crashloop_after: 20}"
+
+
+def render(backend: str, extra: str, low: int, state: str, logs: str, entries: dict[str, str],
+           restart: str = RESTART) -> str:
     users = "\n".join(f"  {n}: {v}" for n, v in entries.items())
-    return CONFIG.format(backend=backend, extra=extra, low=low, high=low + 20, state=state, logs=logs, users=users)
+    return CONFIG.format(backend=backend, extra=extra, low=low, high=low + 20, state=state, logs=logs, users=users,
+                         restart=restart)
 
 
 class HostLab(Lab):
-    def __init__(self, backend: str, base: str, names: dict[str, str], low: int, supervisord=None):
-        self.backend, self.base, self.names, self.low = backend, base, names, low
+    def __init__(self, backend: str, base: str, names: dict[str, str], low: int, supervisord=None,
+                 restart: str = RESTART):
+        self.backend, self.base, self.names, self.low, self.restart = backend, base, names, low, restart
         self.supervisord = supervisord
         self.extra = ""
         if supervisord is not None:
@@ -101,7 +107,7 @@ class HostLab(Lab):
         self.daemon = Daemon(base, self._config())
 
     def _config(self) -> str:
-        return render(self.backend, self.extra, self.low, "{base}/state", "{base}/logs", self.entries)
+        return render(self.backend, self.extra, self.low, "{base}/state", "{base}/logs", self.entries, self.restart)
 
     def start(self) -> "HostLab":
         self.daemon.start(wait_ready=False)

@@ -382,7 +382,9 @@ class ManagedBackend:
         spec = s.spec
         if spec is not None and port_holder(spec.ip, spec.port):
             return f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}"
-        return s.obs.error or s.obs.last_exit or s.last_error or f"{self.name}: {s.obs.state}"
+        if s.obs.last_exit and s.obs.error:
+            return f"{s.obs.last_exit} ({s.obs.error})"
+        return s.obs.last_exit or s.obs.error or s.last_error or f"{self.name}: {s.obs.state}"
 
     async def _look_safely(self) -> None:
         try:

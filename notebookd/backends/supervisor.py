@@ -183,7 +183,8 @@ class SupervisorManager:
                 continue
             state = _STATES.get(info["statename"], "stopped")
             exit_ = None
-            if info["stop"] and state != "up":
+            # a quick exit (before startsecs) has no exit status in supervisord, only its spawnerr
+            if info["stop"] and state != "up" and not info["spawnerr"]:
                 exit_ = f"exit status {info['exitstatus']}" if info["exitstatus"] >= 0 else "killed by a signal"
             seen[name] = Observed(
                 state=state, pid=info["pid"] or None if state == "up" else None,

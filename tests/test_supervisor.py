@@ -1,0 +1,144 @@
+"""What only the supervisor backend does: its conf.d file, living beside other programs, adoption.
+
+A supervisord of this module's own runs an unrelated program too; notebookd must never touch it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import tempfile
+
+import pytest
+
+from conftest import free_ports, needs_root, wait_for
+from labs import HostLab
+from managers import Supervisord
+
+pytestmark = needs_root
+
+OTHER = """\
+[program:someone-else]
+command=/bin/sleep 3600
+autostart=true
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(users):
+    names = {"alice": users("mxalice").pw_name, "bob": users("mxbob").pw_name}
+    base = tempfile.mkdtemp(prefix="nbt-supervisor-")
+    os.chmod(base, 0o755)
+    os.makedirs(os.path.join(base, "conf.d"))
+    with open(os.path.join(base, "conf.d", "other.conf"), "w") as fh:
+        fh.write(OTHER)
+    supervisord = Supervisord(base).start()
+    # crashloop_after: 2, so supervisord gives up (FATAL) within seconds in the crash-loop test
+    lab = HostLab("supervisor", base, names, free_ports(1, 30000)[0], supervisord,
+                  restart="{backoff_min: 0.5s, backoff_max: 3s, crashloop_after: 2}").start()
+    lab.supervisord = supervisord
+    yield lab
+    lab.stop()
+    supervisord.stop()
+    for user in names.values():
+        wait_for(lambda: not lab.user_pids(user), 30, what=f"{user}'s processes gone")
+    if not os.environ.get("NBT_KEEP"):
+        os.system(f"rm -rf {base}")
+
+
+def other_pid(lab) -> int:
+    """The pid of the program that is not notebookd's, from supervisord itself."""
+    import asyncio
+
+    from notebookd.backends import xmlrpc
+
+    info = asyncio.run(xmlrpc.call(lab.supervisord.socket, "supervisor.getProcessInfo", "someone-else"))
+    return info["pid"]
+
+
+def test_conf_file_is_root_only_one_program_per_user(lab):
+    path = os.path.join(lab.supervisord.conf_d, "notebookd-users.conf")
+    st = os.stat(path)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    text = open(path).read()
+    for name in lab.names.values():
+        assert f"[program:notebookd-{name}]" in text
+        assert f"user={name}" in text
+    for key in ("autorestart=true", "stopasgroup=true", "killasgroup=true", "umask=077",
+                "stdout_logfile_maxbytes=65536", "stdout_logfile_backups=2"):
+        assert text.count(key) == len(lab.names), key
+    assert not any(lab.token(n) in text for n in lab.names.values())
+
+
+def test_logs_are_in_a_directory_only_the_user_and_root_can_enter(lab):
+    for name in lab.names.values():
+        d = os.path.join(lab.base, "logs", name)
+        st = os.stat(d)
+        assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_uid == 0
+        assert st.st_gid == __import__("pwd").getpwnam(name).pw_gid
+
+
+def test_other_programs_are_never_touched(lab):
+    before = other_pid(lab)
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    lab.set_users({alice: "{}"})  # bob removed: his group goes, nothing else
+    assert lab.reload().returncode == 0
+    wait_for(lambda: bob not in lab.rows(), 30, what="bob gone")
+    assert f"notebookd-{bob}" not in open(os.path.join(lab.supervisord.conf_d, "notebookd-users.conf")).read()
+    assert lab.user_pids(bob) == []
+    lab.set_users({alice: "{}", bob: "{}"})
+    assert lab.reload().returncode == 0
+    lab.wait_all_running()
+    assert other_pid(lab) == before
+
+
+def test_restarting_notebookd_leaves_the_servers_running(lab):
+    before = {n: r["pid"] for n, r in lab.wait_all_running().items()}
+    assert lab.daemon.stop() == 0
+    assert all(lab.user_pids(n) for n in lab.names.values()), "servers keep running under supervisord"
+    lab.daemon.start(wait_ready=False)
+    rows = lab.wait_all_running()
+    assert {n: r["pid"] for n, r in rows.items()} == before
+    assert "found under supervisor" in lab.daemon_log()
+
+
+def test_a_server_supervisord_gave_up_on_is_a_crashloop_and_retried(lab):
+    alice = lab.names["alice"]
+    lab.set_users({alice: "{command: [/bin/sh, -c, 'echo failing; exit 3']}", lab.names["bob"]: "{}"})
+    assert lab.reload().returncode == 0
+    row = lab.wait_state(alice, "crashloop", 120)
+    assert "Exited too quickly" in (row["last_error"] or "")  # supervisord keeps no status for those
+    assert lab.cli("status", alice).returncode == 3
+    assert "failing" in lab.cli("logs", alice).stdout
+    lab.set_users({n: "{}" for n in lab.names.values()})
+    assert lab.reload().returncode == 0
+    lab.wait_state(alice, "running", 90)
+
+
+def test_section_survives_shlex_and_percent_expansion():
+    """What supervisord will exec is exactly the argv notebookd computed (it shlex-splits the command and
+    expands %(...)s): round-trip a section through supervisor's own config parser."""
+    from supervisor.options import ServerOptions
+
+    from notebookd import launch
+    from notebookd.backends.supervisor import section
+    from test_model import spec
+
+    s = spec("alice")
+    run = launch.Launch(argv=("/usr/bin/python3", "-c", "print('100% done; \"quoted\" $HOME')", "a b"),
+                        env={"HOME": "/home/alice", "ODD": "x%(ENV_HOME)sy 'z'"}, cwd="/home/alice",
+                        marker="alice@/run/notebookd")
+    text = "[supervisord]\n" + section(s, run, "/tmp/alice.log")
+    text = text.replace("user=alice", "user=nobody")  # supervisor looks the user up; alice is made up
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as fh:
+        fh.write(text)
+        fh.flush()
+        opts = ServerOptions()
+        opts.configfile = fh.name
+        opts.process_config(do_usage=False)
+        cmd = opts.process_group_configs[0].process_configs[0].command
+    words = shlex.split(cmd)
+    assert words[:2] == ["/usr/bin/env", "-i"]
+    assert "ODD=x%(ENV_HOME)sy 'z'" in words
+    assert words[-4:] == list(run.argv)
