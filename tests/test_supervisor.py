@@ -142,3 +142,24 @@ def test_section_survives_shlex_and_percent_expansion():
     assert words[:2] == ["/usr/bin/env", "-i"]
     assert "ODD=x%(ENV_HOME)sy 'z'" in words
     assert words[-4:] == list(run.argv)
+
+
+def test_example_conf_for_notebookd_itself_parses():
+    """etc/supervisor/conf.d/notebookd.conf, read by supervisor's own parser."""
+    from supervisor.options import ServerOptions
+
+    from labs import REPO
+
+    with open(os.path.join(REPO, "etc", "supervisor", "conf.d", "notebookd.conf")) as fh:
+        text = fh.read().replace("/var/log/supervisor/", "/tmp/")
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as fh:
+        fh.write("[supervisord]\n" + text)
+        fh.flush()
+        opts = ServerOptions()
+        opts.configfile = fh.name
+        opts.process_config(do_usage=False)
+        proc = opts.process_group_configs[0].process_configs[0]
+    assert proc.name == "notebookd" and proc.command == "/usr/local/bin/notebookd run"
+    from supervisor.datatypes import RestartUnconditionally
+
+    assert proc.autorestart is RestartUnconditionally and proc.stopwaitsecs == 90 and not proc.stopasgroup
