@@ -6,6 +6,7 @@ In the container notebookd runs as notebookd.service with `backend: systemd`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -160,6 +161,22 @@ def test_systemctl_reload_changes_one_user_only(box):
     box.wait_replaced(bob, before[bob])
     assert box.rows()[alice]["pid"] == before[alice]
     assert "/tmp" in box.c.run("systemctl", "cat", f"notebookd-user@{bob}.service").stdout
+
+
+def test_odd_characters_reach_the_server_unchanged(box):
+    """ExecStart= and Environment= quoting: %, $, quotes and backslashes are not systemd's to expand."""
+    alice, bob = box.names["alice"], box.names["bob"]
+    odd = "100% $HOME ${USER} \"q\" 'x' \\back %i"
+    before = box.rows()[bob]["pid"]
+    box.set_users({alice: "{}", bob: "{env: {ODD: %s}, args: ['--ServerApp.tornado_settings={\"x\": \"5%%\"}']}"
+                   % json.dumps(odd)})
+    assert box.reload().returncode == 0, box.daemon_log()[-2000:]
+    row = box.wait_replaced(bob, before)
+    assert box.proc_env(row["pid"])["ODD"] == odd
+    cmdline = box.c.run("cat", f"/proc/{row['pid']}/cmdline").stdout.split("\0")
+    assert '--ServerApp.tornado_settings={"x": "5%"}' in cmdline
+    box.set_users({alice: "{}", bob: "{}"})
+    assert box.reload().returncode == 0
 
 
 def test_restarting_notebookd_leaves_the_servers_running(box):
