@@ -163,3 +163,18 @@ def test_example_conf_for_notebookd_itself_parses():
     from supervisor.datatypes import RestartUnconditionally
 
     assert proc.autorestart is RestartUnconditionally and proc.stopwaitsecs == 90 and not proc.stopasgroup
+
+
+def test_a_server_that_cannot_be_prepared_is_an_error_for_that_user_only(lab):
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    lab.wait_all_running()
+    bob_pid = lab.rows()[bob]["pid"]
+    lab.set_users({alice: "{command: [no-such-jupyter]}", bob: "{}"})
+    assert lab.reload().returncode == 0
+    row = wait_for(lambda: (r := lab.rows()[alice])["last_error"] and "not found" in r["last_error"] and r, 30,
+                   what="alice's error")
+    assert row["state"] == "backoff" and "no-such-jupyter" in row["last_error"]
+    assert lab.rows()[bob]["pid"] == bob_pid and lab.daemon.proc.poll() is None
+    lab.set_users({n: "{}" for n in lab.names.values()})
+    assert lab.reload().returncode == 0
+    lab.wait_state(alice, "running", 90)

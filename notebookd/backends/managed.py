@@ -97,6 +97,7 @@ class Server:
     health_failures: int = 0
     next_probe: float = 0.0
     gave_up_at: float | None = None
+    retry_at: float = 0.0  # after a failed install or start: when the poller tries again
 
 
 class ManagedBackend:
@@ -142,6 +143,7 @@ class ManagedBackend:
             if server.obs.state in ("stopped", "gave_up") or changed:
                 server.planned = True
             await self.manager.start(spec.name)
+            server.retry_at = 0.0
         await self._look_safely()
 
     async def stop(self, name: str) -> None:
@@ -161,9 +163,10 @@ class ManagedBackend:
             server.wanted = False
             await self._stop_now(server)
             server.spec = spec
+            server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
             await self.manager.install(spec, self.tokens)
-            server.wanted, server.planned = True, True
             await self.manager.start(spec.name)
+            server.retry_at = 0.0
         await self._look_safely()
 
     async def forget(self, name: str) -> None:
@@ -211,9 +214,13 @@ class ManagedBackend:
         server.busy += 1
         try:
             yield
-        except BackendError as exc:
-            server.last_error = str(exc)
-            log.error("%s: %s", server.name, exc)
+        except (BackendError, OSError) as exc:  # OSError: its files (a full disk), its command not found
+            server.last_error = str(exc) if isinstance(exc, BackendError) else f"cannot prepare the server: {exc}"
+            if isinstance(exc, FileNotFoundError) and exc.filename is None:
+                server.last_error = str(exc)  # jupyter.command: "command 'x' not found in PATH ..."
+            log.error("%s: %s", server.name, server.last_error)
+            if server.spec is not None:
+                server.retry_at = time.time() + server.spec.restart.backoff_max
             self.changed()
         finally:
             server.busy -= 1
@@ -300,10 +307,16 @@ class ManagedBackend:
                 s.gave_up_at = None
             return
         # the manager will not bring these back by itself
-        if obs.state == "stopped":
-            log.warning("%s: stopped outside notebookd (or its manager restarted); starting it again", s.name)
+        if obs.state == "stopped" and s.spec is not None:
+            if now < s.retry_at:
+                return
+            if not s.retry_at:
+                log.warning("%s: stopped outside notebookd (or its manager restarted); starting it again", s.name)
             s.planned = True
-            await self._act(s, self.manager.start(s.name))
+            async with self._busy(s):
+                await self.manager.install(s.spec, self.tokens)
+                await self.manager.start(s.name)
+                s.retry_at = 0.0
         elif obs.state == "gave_up":
             s.gave_up_at = s.gave_up_at or now
             if now - s.gave_up_at >= s.spec.restart.backoff_max:
@@ -372,6 +385,8 @@ class ManagedBackend:
 
     def _state_of(self, s: Server) -> str:
         o = s.obs.state
+        if o == "stopped" and s.wanted and s.retry_at:
+            return "backoff"  # could not be installed or started: tried again every backoff_max
         if o == "up":
             return "running" if s.ready_pid == s.obs.pid else "starting"
         if o == "gave_up":
