@@ -49,8 +49,8 @@ class Daemon:
         ensure_dir(self.layout.run_dir, 0o755)
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
-        self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
         try:
+            self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
             await self.backend.open()
         except BackendError as exc:
             log.error("backend %s: %s", self.config.backend, exc)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from notebookd.backends.base import BackendError
 from notebookd.config import Config
 from notebookd.paths import Layout
 from notebookd.tokens import TokenStore
 
 
 def make(config: Config, layout: Layout, tokens: TokenStore, on_change):
+    if config.backend != "native" and not layout.system:
+        raise BackendError(f"backend {config.backend} runs servers as other users: only root's notebookd "
+                           "can use it (single-user mode: backend: native)")
     if config.backend == "supervisor":
         from notebookd.backends import supervisor
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pwd
 import time
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class ManagedBackend:
 
     # -- the Backend contract --
     async def open(self) -> None:
-        ensure_dir(launch.server_dir(self.run_dir, "x").rsplit("/", 1)[0], 0o755)
+        ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
         for name in await self.manager.open():
             self.servers[name] = Server(name, None)
             log.info("%s: found under %s, left by an earlier notebookd", name, self.name)
