@@ -25,6 +25,10 @@ from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
 
+# Exit status of `notebookd shutdown --keep-servers`: the unit's RestartForceExitStatus= makes systemd
+# start the (new) daemon again at once, and KillMode=process keeps the servers alive meanwhile.
+EXIT_DETACHED = 75
+
 
 class Daemon:
     def __init__(self, layout: Layout, config: configmod.Config):
@@ -43,7 +47,8 @@ class Daemon:
     # -- lifecycle --
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
+        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
+                           (signal.SIGUSR2, "detach")):
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         ensure_dir(self.layout.run_dir, 0o755)
         ensure_dir(self.config.state_dir, 0o755)
@@ -58,6 +63,7 @@ class Daemon:
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
         watchdog = asyncio.create_task(self._watchdog())
+        event = "stop"
         try:
             while True:
                 event = await self.events.get()
@@ -66,19 +72,25 @@ class Daemon:
                         await self.reload()
                     except Refused:
                         pass  # logged and shown in status; the running config stays
-                elif event == "stop":
+                elif event in ("stop", "detach"):
                     break
         finally:
-            log.info("stopping: every server, in parallel")
             self.notifier.stopping()
             control.close()
             watchdog.cancel()
             async with self.lock:
-                await self.backend.close()
+                if event == "detach":
+                    log.info("exiting for a restart: every server keeps running, the next notebookd adopts them")
+                    await self.backend.detach()
+                else:
+                    log.info("stopping: every server, in parallel")
+                    await self.backend.close()
             try:
                 os.unlink(self.layout.socket)
             except FileNotFoundError:
                 pass
+        if event == "detach":
+            return EXIT_DETACHED
         log.info("stopped")
         return 0
 
@@ -196,6 +208,11 @@ class Daemon:
                 raise Refused("permission denied: only root may reload notebookd")
             await self.reload()
             return {"reloaded": self.config.file}
+        if cmd == "shutdown":
+            if caller is not None:
+                raise Refused("permission denied: only root may shut notebookd down")
+            self.events.put_nowait("detach" if args.get("keep_servers") else "stop")
+            return {"pid": os.getpid()}
         raise Refused(f"unknown command {cmd!r}")
 
     async def _act(self, cmd: str, names: list[str]) -> None:
