@@ -7,6 +7,7 @@ change anything go through the same lock, so reconcile steps never interleave.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import pwd
@@ -14,7 +15,7 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, reconcile
 from notebookd.backends.native import NativeBackend
 from notebookd.control import Peer, Refused, serve
 from notebookd.fsutil import ensure_dir
@@ -228,7 +229,15 @@ class Daemon:
             await asyncio.gather(*(self.backend.restart(s) for s in specs))
 
     def _url(self, name: str) -> str:
-        return f"{self.desired.specs[name].url()}?token={self.tokens.get(name)}"
+        """The link a user opens: the server's UI (Lab, or the classic notebook) with the token."""
+        spec = self.desired.specs[name]
+        path = json.loads(spec.settings.jupyter_config).get("ServerApp", {}).get("default_url")
+        if path is None:
+            try:
+                path = jupyter.server_kind(jupyter.command(spec)).default_url
+            except FileNotFoundError:
+                path = None
+        return f"{spec.url()}{(path or '/').lstrip('/')}?token={self.tokens.get(name)}"
 
     def _daemon_info(self) -> dict:
         return {

@@ -262,7 +262,7 @@ class NativeServer:
             raise SpawnError(str(exc)) from None
 
         files = self.host.server_files(spec)
-        write_atomic(files["config"], json.dumps(jupyter.server_config(spec, jupyter.major_version(words)),
+        write_atomic(files["config"], json.dumps(jupyter.server_config(spec, jupyter.server_kind(words)),
                                                  indent=1).encode(), 0o640, self.host.root_uid, acc.gid)
         write_atomic(files["token"], self.host.tokens.get(acc.name).encode(), 0o400, acc.uid, acc.gid)
         ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
