@@ -1,0 +1,124 @@
+"""A Debian 12 root with systemd, booted with systemd-nspawn, for the real-systemd tests.
+
+The root is built once with debootstrap (about 75 s) and cached under CACHE; every boot uses
+`--volatile=overlay`, so a test run never changes the cached root. The host drives the container's
+systemd with `nsenter -t PID1 -a systemctl ...`.
+
+Run as a script to build the cache ahead of time: `python tests/sysroot.py`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+CACHE = os.environ.get("NOTEBOOKD_TEST_CACHE", "/var/cache/notebookd-tests")
+# Change RECIPE and the cache is rebuilt (it names the directory).
+PACKAGES = "systemd,systemd-sysv,dbus,procps,python3,passwd"
+RECIPE = f"bookworm-minbase-{PACKAGES.replace(',', '+')}-1"
+MIRROR = "http://deb.debian.org/debian"
+
+
+def root() -> str:
+    """The cached root, built if missing; safe against two builders at once (a lock file)."""
+    path = os.path.join(CACHE, RECIPE)
+    if os.path.exists(os.path.join(path, ".complete")):
+        return path
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(path, ".complete")):
+            return path
+        tmp = path + ".building"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", tmp, MIRROR],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # no getty or network waits in a test container; a fixed machine id keeps boots quiet
+        for unit in ("getty@tty1.service", "console-getty.service"):
+            subprocess.run(["systemctl", f"--root={tmp}", "mask", unit], capture_output=True)
+        with open(os.path.join(tmp, ".complete"), "w"):
+            pass
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+    return path
+
+
+class Container:
+    """One booted container (`--volatile=overlay`: its changes vanish when it stops)."""
+
+    def __init__(self, root_dir: str, binds_ro: list[str], log: str, binds: list[str] = ()):
+        self.root_dir, self.binds_ro, self.binds, self.log_path = root_dir, binds_ro, list(binds), log
+        self.proc: subprocess.Popen | None = None
+        self.leader = 0
+
+    def boot(self, timeout: float = 90) -> "Container":
+        args = ["systemd-nspawn", "-D", self.root_dir, "--boot", "--register=no", "--keep-unit",
+                "--volatile=overlay", "--private-network", "-q", f"--machine=nbt-{os.getpid()}-{id(self) % 10000}"]
+        args += [f"--bind-ro={b}" for b in self.binds_ro] + [f"--bind={b}" for b in self.binds]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}: {self.tail()}")
+            self.leader = self._leader()
+            if self.leader and os.path.exists(f"/proc/{self.leader}/root/run/systemd/private"):
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"container did not come up in {timeout}s: {self.tail()}")
+        # wait until boot is done, so units started by tests do not race the boot transaction
+        self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
+        return self
+
+    def _leader(self) -> int:
+        """The container's pid 1 (systemd), seen from the host: the child of systemd-nspawn."""
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as fh:
+                kids = fh.read().split()
+        except FileNotFoundError:
+            return 0
+        return int(kids[0]) if kids else 0
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 120, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        out = subprocess.run(["nsenter", "-t", str(self.leader), "-a", *argv], capture_output=True, text=True,
+                             timeout=timeout, input=input, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                                "LANG": "C.UTF-8"})
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} -> {out.returncode}: {out.stderr.strip()}")
+        return out
+
+    def path(self, inside: str) -> str:
+        """A path inside the running container, as the host can open it."""
+        return f"/proc/{self.leader}/root{inside}"
+
+    def tail(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return fh.read()[-3000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # SIGTERM to nspawn asks the container's systemd to power off (a clean shutdown)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+if __name__ == "__main__":
+    print(root())
+    sys.exit(0)
