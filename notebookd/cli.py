@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(verb, help=f"{verb} the servers of these users")
         c.add_argument("users", nargs="+", metavar="USER")
     sub.add_parser("reload", help="re-read the config and apply the difference")
+    sd = sub.add_parser("shutdown", help="stop every server and the daemon")
+    sd.add_argument("--keep-servers", action="store_true",
+                    help="exit leaving every server running, for a restart or upgrade of notebookd: "
+                         "the next daemon adopts them")
     lg = sub.add_parser("logs", help="show a user's server log")
     lg.add_argument("user", nargs="?", metavar="USER", help="default: yourself")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -141,7 +145,11 @@ def format_status(daemon: dict, rows: list[dict]) -> str:
             _one_line(r["last_error"] or (r["last_exit"] if r["state"] != "running" else None) or "-"),
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in table]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in table[:1]]
+    for row, r in zip(table[1:], rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        if r.get("log_tail"):
+            lines.append(f"{'':{widths[0]}}  last log line: {_one_line(r['log_tail'][-1], 120)}")
     if len(table) == 1:
         lines = ["no servers" + ("" if daemon.get("mode") == "user" else f" configured in {daemon['config']}")]
     reload = daemon.get("reload") or {}
@@ -167,6 +175,26 @@ def cmd_reload(args) -> int:
     data = _ask(args, "reload", timeout=300)
     print(f"reloaded {data['reloaded']}")
     return EXIT_OK
+
+
+def cmd_shutdown(args) -> int:
+    pid = _ask(args, "shutdown", keep_servers=args.keep_servers)["pid"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if _exited(pid):
+            print("notebookd exited; servers left running" if args.keep_servers else "notebookd stopped")
+            return EXIT_OK
+        time.sleep(0.1)
+    raise CliError(f"notebookd (pid {pid}) is still running after 300s")
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie its parent has not reaped yet (it has exited all the same)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 def cmd_url(args) -> int:
@@ -254,6 +282,7 @@ COMMANDS = {
     "stop": cmd_act,
     "restart": cmd_act,
     "reload": cmd_reload,
+    "shutdown": cmd_shutdown,
     "logs": cmd_logs,
     "url": cmd_url,
 }

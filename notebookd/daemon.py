@@ -7,6 +7,7 @@ change anything go through the same lock, so reconcile steps never interleave.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import pwd
@@ -14,7 +15,7 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, reconcile
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.control import Peer, Refused, serve
@@ -25,6 +26,10 @@ from notebookd.paths import Layout
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
+
+# Exit status of `notebookd shutdown --keep-servers`: the unit's RestartForceExitStatus= makes systemd
+# start the (new) daemon again at once, and KillMode=process keeps the servers alive meanwhile.
+EXIT_DETACHED = 75
 
 
 class Daemon:
@@ -44,7 +49,8 @@ class Daemon:
     # -- lifecycle --
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
+        for sig, event in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop"),
+                           (signal.SIGUSR2, "detach")):
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         ensure_dir(self.layout.run_dir, 0o755)
         ensure_dir(self.config.state_dir, 0o755)
@@ -62,6 +68,7 @@ class Daemon:
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
         watchdog = asyncio.create_task(self._watchdog())
+        event = "stop"
         try:
             while True:
                 event = await self.events.get()
@@ -70,19 +77,25 @@ class Daemon:
                         await self.reload()
                     except Refused:
                         pass  # logged and shown in status; the running config stays
-                elif event == "stop":
+                elif event in ("stop", "detach"):
                     break
         finally:
-            log.info("stopping: every server, in parallel")
             self.notifier.stopping()
             control.close()
             watchdog.cancel()
             async with self.lock:
-                await self.backend.close()
+                if event == "detach":
+                    log.info("exiting for a restart: every server keeps running, the next notebookd adopts them")
+                    await self.backend.detach()
+                else:
+                    log.info("stopping: every server, in parallel")
+                    await self.backend.close()
             try:
                 os.unlink(self.layout.socket)
             except FileNotFoundError:
                 pass
+        if event == "detach":
+            return EXIT_DETACHED
         log.info("stopped")
         return 0
 
@@ -208,6 +221,11 @@ class Daemon:
                 raise Refused("permission denied: only root may reload notebookd")
             await self.reload()
             return {"reloaded": self.config.file}
+        if cmd == "shutdown":
+            if caller is not None:
+                raise Refused("permission denied: only root may shut notebookd down")
+            self.events.put_nowait("detach" if args.get("keep_servers") else "stop")
+            return {"pid": os.getpid()}
         raise Refused(f"unknown command {cmd!r}")
 
     async def _act(self, cmd: str, names: list[str]) -> None:
@@ -223,7 +241,15 @@ class Daemon:
             await asyncio.gather(*(self.backend.restart(s) for s in specs))
 
     def _url(self, name: str) -> str:
-        return f"{self.desired.specs[name].url()}?token={self.tokens.get(name)}"
+        """The link a user opens: the server's UI (Lab, or the classic notebook) with the token."""
+        spec = self.desired.specs[name]
+        path = json.loads(spec.settings.jupyter_config).get("ServerApp", {}).get("default_url")
+        if path is None:
+            try:
+                path = jupyter.server_kind(jupyter.command(spec)).default_url
+            except FileNotFoundError:
+                path = None
+        return f"{spec.url()}{(path or '/').lstrip('/')}?token={self.tokens.get(name)}"
 
     def _daemon_info(self) -> dict:
         return {

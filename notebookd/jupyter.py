@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 import os
 import shutil
 import subprocess
@@ -50,40 +51,56 @@ def interpreter(argv0: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ServerKind:
+    """What the server's interpreter has: jupyter_server's major version and the UI it can serve."""
+
+    major: int = 2
+    default_url: str | None = None  # "/lab" with JupyterLab, "/tree" with nbclassic or notebook 7
+
+
+# Run by the server's own interpreter: finds packages without importing them.
+_PROBE = """
+import importlib.metadata as m, importlib.util as u, json
+def version(name):
+    try:
+        return m.version(name)
+    except m.PackageNotFoundError:
+        return ""
+notebook = version("notebook").split(".")[0]
+print(json.dumps({"server": version("jupyter_server"), "lab": u.find_spec("jupyterlab") is not None,
+                  "tree": u.find_spec("nbclassic") is not None or (notebook.isdigit() and int(notebook) >= 7)}))
+"""
+
+
 @functools.lru_cache(maxsize=32)
-def _version_of(python: str, mtime: float) -> int:
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return int(version("jupyter_server").split(".")[0])
-        except PackageNotFoundError:
-            return 2
+def _probe(python: str, mtime: float) -> ServerKind:
     try:
-        out = subprocess.run(
-            [python, "-c", "import importlib.metadata as m; print(m.version('jupyter_server'))"],
-            capture_output=True, text=True, timeout=20, env={"PATH": "/usr/bin:/bin"},
-        ).stdout.strip()
-        return int(out.split(".")[0])
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return 2  # the current major; a wrong guess only costs deprecation warnings in its log
+        out = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30,
+                             env={"PATH": "/usr/bin:/bin"}).stdout
+        found = json.loads(out)
+        major = int(found["server"].split(".")[0])
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return ServerKind()  # the current major; a wrong guess only costs deprecation warnings in its log
+    return ServerKind(major, "/lab" if found["lab"] else "/tree" if found["tree"] else None)
 
 
-def major_version(argv: list[str]) -> int:
+def server_kind(argv: list[str]) -> ServerKind:
+    """Probed once per interpreter (and again when the interpreter file changes)."""
     python = interpreter(argv[0])
-    if python is None:
-        return 2
     try:
-        mtime = os.stat(python).st_mtime
+        return _probe(python, os.stat(python).st_mtime) if python else ServerKind()
     except OSError:
-        return 2
-    return _version_of(python, mtime)
+        return ServerKind()
 
 
-def server_config(spec: ServerSpec, major: int) -> dict:
+def server_config(spec: ServerSpec, kind: ServerKind) -> dict:
     """The traitlets config notebookd writes for this server (no secrets: the token comes by file)."""
+    major = kind.major
     config = json.loads(spec.settings.jupyter_config)  # the admin's extras first, ours over them
     app = config.setdefault("ServerApp", {})
+    if kind.default_url and "default_url" not in app:
+        app["default_url"] = kind.default_url  # the UI there is, rather than a bare "server is running" page
     app.update(
         ip=spec.ip,
         port=spec.port,
@@ -106,7 +123,7 @@ def server_config(spec: ServerSpec, major: int) -> dict:
 
 
 def argv(spec: ServerSpec, config_path: str, words: list[str]) -> list[str]:
-    enforced = server_config(spec, 2)["ServerApp"]
+    enforced = server_config(spec, ServerKind())["ServerApp"]
     flags = [f"--ServerApp.{key}={_flag_value(enforced[key])}" for key in _ENFORCED_ON_ARGV]
     return [*words, f"--config={config_path}", *flags, *spec.settings.args]
 

@@ -52,7 +52,7 @@ def prepare(spec: ServerSpec, run_dir: str, tokens: TokenStore, *, token_file: s
              "token": token_file or os.path.join(base, "token"),
              "runtime": runtime_dir or os.path.join(base, "runtime")}
     words = jupyter.command(spec)
-    config = jupyter.server_config(spec, jupyter.major_version(words))
+    config = jupyter.server_config(spec, jupyter.server_kind(words))
     write_atomic(files["config"], json.dumps(config, indent=1).encode(), 0o640, 0, acc.gid)
     if token_file is None:
         write_atomic(files["token"], tokens.get(acc.name).encode(), 0o400, acc.uid, acc.gid)

@@ -16,6 +16,7 @@ import time
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1 << 20  # a burst of output from a server never blocks it on the daemon
+TAIL_BYTES = 4096
 
 
 class RotatingFile:
@@ -29,6 +30,7 @@ class RotatingFile:
         self.at_line_start = True
         self.lost = 0  # bytes that could not be written (disk full), reported once space is back
         self.lost_reason = ""
+        self.recent = bytearray()  # the last few KiB written, for `status` of a failing server
 
     def _open(self) -> None:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.mode)
@@ -56,7 +58,13 @@ class RotatingFile:
             pass
         self._open()
 
+    def tail(self, lines: int = 5) -> list[str]:
+        text = self.recent.decode(errors="replace")
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
     def write(self, data: bytes) -> None:
+        self.recent += data[-TAIL_BYTES:]
+        del self.recent[:-TAIL_BYTES]
         if self.fd == -1:
             self._open()
         if self.lost and self._write_raw(self._lost_note()):

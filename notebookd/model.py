@@ -103,7 +103,7 @@ class ServerStatus:
     memory: int | None = None        # RSS of the whole process tree, bytes
     last_error: str | None = None
     last_exit: str | None = None
-    extra: dict = field(default_factory=dict)
+    log_tail: list[str] = field(default_factory=list)  # last lines of its log, when it is failing
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -100,6 +100,7 @@ async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> lis
     if pid:
         try:
             os.killpg(pid, signal.SIGTERM)  # the server leads its own session and group
+            os.killpg(pid, signal.SIGCONT)  # a stopped (SIGSTOP) server must run to act on SIGTERM
         except (ProcessLookupError, PermissionError):
             pass
     # The server stops its kernels itself on SIGTERM; give it the grace period to do so.
@@ -107,6 +108,7 @@ async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> lis
     killed = []
     if survivors:
         _signal_all(survivors, signal.SIGTERM)
+        _signal_all(survivors, signal.SIGCONT)
         survivors = await wait_gone(survivors, min(2.0, grace))
     for _ in range(3):  # a stray may fork while we look; a few passes catch its children too
         survivors += [p for p in server_processes(None, uid, marker) if p not in survivors]
@@ -116,3 +118,47 @@ async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> lis
         _signal_all(survivors, signal.SIGKILL)
         survivors = await wait_gone(survivors, 5.0)
     return killed
+
+
+class ServerProcess:
+    """A server's main process: our own child (reaped, exit status known), or one adopted from an
+    earlier daemon (reparented away from us, so its exit status is not ours to read)."""
+
+    def __init__(self, pid: int, popen=None):
+        self.pid = pid
+        self.popen = popen
+        self.done = False
+        self.returncode: int | None = None
+
+    @property
+    def adopted(self) -> bool:
+        return self.popen is None
+
+    def watch(self, on_exit) -> asyncio.Future:
+        """A future resolved with the exit status (None if unknown) when the process ends.
+
+        A pidfd in the event loop: no polling, no SIGCHLD, and it works for adopted processes too."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def finish() -> None:
+            if self.popen is not None:
+                self.returncode = self.popen.wait()  # it has exited: this reaps without blocking
+            self.done = True
+            on_exit()
+            if not fut.done():
+                fut.set_result(self.returncode)
+
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            loop.call_soon(finish)
+            return fut
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            finish()
+
+        loop.add_reader(fd, readable)
+        return fut

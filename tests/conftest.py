@@ -25,7 +25,9 @@ import pytest
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: creates Unix users and runs servers as them")
 
-USER_PREFIX = "nbt"
+# Unique per test session: two sessions on one machine (CI retries, developers) must not delete or
+# recreate each other's users under the same names.
+USER_PREFIX = "nbt" + "".join("abcdefghijklmnopqrstuvwxyz"[os.getpid() // 26**i % 26] for i in range(3))
 
 
 def free_ports(n: int, start: int = 20000) -> list[int]:
@@ -43,13 +45,25 @@ def free_ports(n: int, start: int = 20000) -> list[int]:
     return ports
 
 
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process of a test user (by pid): what an aborted earlier run may have left."""
+    for pid in uid_processes(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def make_user(name: str) -> pwd.struct_passwd:
     """A real Unix user with a home, created for the test run (removed at the end of the session)."""
     try:
-        return pwd.getpwnam(name)
+        pw = pwd.getpwnam(name)
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-        return pwd.getpwnam(name)
+        pw = pwd.getpwnam(name)
+    # the uid may be one an aborted earlier run used (users are deleted, their uids given out again)
+    kill_uid(pw.pw_uid)
+    return pw
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +82,10 @@ def users():
 
     yield make
     for name in made:
+        try:
+            kill_uid(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            continue
         subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
 
 
@@ -140,8 +158,9 @@ class Daemon:
             [sys.executable, "-m", "notebookd", "run"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             cwd="/", **as_user(self.as_user),
         )
-        wait_for(lambda: self.proc.poll() is not None or os.path.exists(os.path.join(self.run_dir, "control.sock")),
-                 30, what="the control socket")
+        # a socket file left by a killed daemon may exist: wait for an answer, not for the file
+        wait_for(lambda: self.proc.poll() is not None or self.cli("status").returncode in (0, 3),
+                 30, what="the daemon to answer")
         assert self.proc.poll() is None, f"daemon exited: {self.daemon_log()}"
         if wait_ready:
             self.wait_all_running()
@@ -211,12 +230,16 @@ def workdir():
 
 
 def uid_processes(uid: int) -> list[int]:
+    """Live processes of `uid` (zombies have exited: they only wait for their parent to reap them)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    out.append(int(entry))
-            except FileNotFoundError:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                with open(f"/proc/{entry}/stat") as fh:
+                    if fh.read().rpartition(")")[2].split()[0] != "Z":
+                        out.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
     return out

@@ -172,6 +172,14 @@ class HostLab(Lab):
     def daemon_log(self):
         return self.daemon.daemon_log()
 
+    def restart_keeping_servers(self) -> None:
+        """`notebookd shutdown --keep-servers`, then a new daemon (what systemd does on exit 75)."""
+        out = self.cli("shutdown", "--keep-servers")
+        assert out.returncode == 0, out.stderr
+        assert self.daemon.proc.wait(60) == 75
+        self.daemon.log.close()
+        self.daemon.start(wait_ready=False)
+
 
 # ---- the systemd backend, in a container ----
 
@@ -277,6 +285,15 @@ class ContainerLab(Lab):
 
     def daemon_log(self):
         return self.c.run("journalctl", "-u", "notebookd", "--no-pager", "-o", "cat", check=False).stdout
+
+    def restart_keeping_servers(self) -> None:
+        """`notebookd shutdown --keep-servers`: exit 75, and the unit's RestartForceExitStatus=75 starts
+        the next daemon at once."""
+        old = self.daemon_pid()
+        out = self.cli("shutdown", "--keep-servers")
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: self.daemon_pid() not in (0, old) and self.cli("status").returncode in (0, 3), 60,
+                 what="the next notebookd")
 
     def stop(self) -> None:
         self.c.stop()

@@ -201,3 +201,12 @@ def test_backend_cannot_change_on_reload(lab):
     assert out.returncode == 1 and "take effect only when notebookd is restarted" in out.stderr
     lab.set_users({n: "{}" for n in lab.names.values()})
     assert lab.reload().returncode == 0
+
+
+def test_shutdown_keep_servers_and_the_next_daemon_adopts_them(lab):
+    before = {n: r["pid"] for n, r in lab.wait_all_running().items()}
+    lab.restart_keeping_servers()
+    rows = lab.wait_all_running()
+    assert {n: r["pid"] for n, r in rows.items()} == before, "the same processes, adopted"
+    bob = lab.names["bob"]
+    assert lab.http(rows[bob]["url"] + "api/kernels", lab.token(bob)) == 200

@@ -73,3 +73,12 @@ def test_debian_server_runs_a_kernel(lab):
     assert status == 201, body
     kernel = json.loads(body)["id"]
     assert http(row["url"] + f"api/kernels/{kernel}", lab.token(name), method="DELETE")[0] == 204
+
+
+def test_debian_server_serves_the_classic_notebook_ui(lab):
+    """A Debian-only install (python3-nbclassic) gives users a notebook UI, not a bare REST server."""
+    name = lab.names[0]
+    url = lab.url(name)
+    assert url.startswith(lab.rows()[name]["url"] + "tree?token="), url
+    status, body, _ = http(url.split("?")[0], lab.token(name))
+    assert status == 200 and b"<html" in body.lower() and b"notebook" in body.lower()

@@ -99,6 +99,29 @@ def test_each_server_runs_as_its_user_and_answers_with_its_token(lab):
         assert status == 403, "another user's token must be refused"
 
 
+def test_kernels_run_code_as_the_user(lab):
+    import subprocess
+    import sys
+
+    name = lab.names["bob"]
+    row = lab.rows()[name]
+    script = os.path.join(os.path.dirname(__file__), "scripts", "kernel_42.py")
+    for code, want in (("6*7", "42"), ("__import__('os').getuid()", str(__import__("pwd").getpwnam(name).pw_uid)),
+                       ("__import__('os').getcwd()", repr(f"/home/{name}"))):
+        out = subprocess.run([sys.executable, script, row["url"], lab.token(name), code],
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, out.stderr
+
+
+def test_logs_command_shows_a_users_own_log_only(lab):
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    out = lab.cli("logs", bob, "-n", "3", user=bob)
+    assert out.returncode == 0 and 1 <= len(out.stdout.splitlines()) <= 3
+    assert "ServerApp" in out.stdout
+    refused = lab.cli("logs", alice, user=bob)
+    assert refused.returncode == 1 and "permission denied" in refused.stderr and not refused.stdout
+
+
 def test_users_own_jupyter_config_cannot_move_port_or_disable_auth(lab):
     row = lab.rows()[lab.names["alice"]]
     assert f":{row['port']}/" in row["url"] and row["port"] != 9

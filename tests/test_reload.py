@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import pytest
 
@@ -79,6 +80,28 @@ def test_reload_touches_only_added_changed_and_removed_users(lab):
     assert lab.cli("reload").returncode == 0
     wait_for(lambda: carol not in lab.rows(), 30, what="carol gone")
     assert pids(lab) == {alice: after[alice], bob: after[bob]}
+
+
+def test_a_new_member_of_a_configured_group_gets_a_server_on_reload(lab, users):
+    alice, bob = lab.names[:2]
+    group = f"{alice[:-5]}grp"  # the session's unique prefix, so parallel runs do not collide
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        before = pids(lab)
+        text = lab.config_for({alice: "{}", bob: "{root_dir: /tmp}"}).replace("users:", f"groups: [{group}]\nusers:")
+        lab.write_config(text)
+        assert lab.cli("reload").returncode == 0
+        assert pids(lab) == before, "an empty group adds nobody"
+        dave = users("dave").pw_name
+        subprocess.run(["gpasswd", "-a", dave, group], check=True, capture_output=True)
+        assert lab.cli("reload").returncode == 0
+        row = lab.wait_state(dave, "running", 60)
+        assert http(row["url"] + "api/kernels", lab.token(dave))[0] == 200
+        assert {n: p for n, p in pids(lab).items() if n != dave} == before
+    finally:
+        lab.write_config(lab.config_for({alice: "{}", bob: "{root_dir: /tmp}"}))
+        lab.cli("reload")
+        subprocess.run(["groupdel", group], capture_output=True)
 
 
 def test_many_sighups_in_a_row_change_nothing(lab):

@@ -5,6 +5,7 @@ This is the README quick start, the replacement for `nohup jupyter notebook --no
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -45,7 +46,9 @@ def test_a_user_runs_their_own_server_without_root(dave):
     pw, cli, daemon = dave
     url = cli("url")
     assert url.returncode == 0, url.stderr
-    base, token = url.stdout.strip().split("?token=")
+    token = url.stdout.strip().split("?token=")[1]
+    base = json.loads(cli("status", "--json").stdout)["servers"][0]["url"]
+    assert url.stdout.startswith(base)
     assert http(base + "api/kernels", token)[0] == 200
     assert http(base + "api/kernels")[0] == 403
     status = cli("status")

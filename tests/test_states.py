@@ -82,6 +82,8 @@ def test_a_server_that_keeps_exiting_is_a_crash_loop(lab):
     name = lab.names["crash"]
     row = lab.wait_state(name, "crashloop", 30)
     assert row["last_error"].startswith("exit status 3") and row["restarts"] >= 2
+    assert row["log_tail"] and row["log_tail"][-1] == "about to fail", "status shows why, from its log"
+    assert "last log line: about to fail" in lab.cli("status").stdout
     assert exit_code(lab, name) == 3
     # its output is in its log, every attempt of it
     with open(os.path.join(lab.base, "logs", f"{name}.log")) as fh:

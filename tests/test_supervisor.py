@@ -93,14 +93,16 @@ def test_other_programs_are_never_touched(lab):
     assert other_pid(lab) == before
 
 
-def test_restarting_notebookd_leaves_the_servers_running(lab):
+def test_stopping_notebookd_stops_the_servers_and_adoption_is_logged(lab):
     before = {n: r["pid"] for n, r in lab.wait_all_running().items()}
-    assert lab.daemon.stop() == 0
-    assert all(lab.user_pids(n) for n in lab.names.values()), "servers keep running under supervisord"
-    lab.daemon.start(wait_ready=False)
-    rows = lab.wait_all_running()
-    assert {n: r["pid"] for n, r in rows.items()} == before
+    lab.restart_keeping_servers()
+    assert {n: r["pid"] for n, r in lab.wait_all_running().items()} == before
     assert "found under supervisor" in lab.daemon_log()
+    assert lab.daemon.stop() == 0
+    for name in lab.names.values():
+        assert lab.user_pids(name) == [], "a daemon stop stops the servers, kernels included"
+    lab.daemon.start(wait_ready=False)
+    lab.wait_all_running()
 
 
 def test_a_server_supervisord_gave_up_on_is_a_crashloop_and_retried(lab):

@@ -49,3 +49,6 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Stop every server in parallel and release everything (daemon shutdown)."""
+
+    async def detach(self) -> None:
+        """Release everything but leave every server running, for the next daemon to adopt (upgrades)."""

@@ -8,7 +8,8 @@ behind, and a retry for servers the manager gave up on (never given up, as with 
 The manager's view is read every `poll` seconds (one call for all servers) and right after every
 action. `status()` only reads what the last look found, so it never blocks.
 
-Restarting notebookd leaves the servers running under their manager: a new daemon finds them
+A daemon shutdown stops the servers, as with the native backend; `detach()` (`notebookd shutdown
+--keep-servers`) or a crash leaves them running under their manager: a new daemon finds them
 (`Manager.open`), and starting a server whose definition did not change is a no-op there.
 """
 
@@ -94,6 +95,7 @@ class Server:
     started: float | None = None
     restarts: int = 0
     planned: bool = False  # the next new pid is one we asked for (not an automatic restart)
+    crashed: bool = False  # the last process went away unasked: its successor counts as a restart
     last_error: str | None = None
     health_failures: int = 0
     next_probe: float = 0.0
@@ -189,7 +191,7 @@ class ManagedBackend:
                 name=name, state=s.state, port=spec.port if spec else None, url=spec.url() if spec else None,
                 pid=s.obs.pid if s.obs.state == "up" else None, since=s.since, started=s.started,
                 restarts=s.restarts, memory=s.obs.memory if s.obs.state == "up" else None,
-                last_error=s.last_error, last_exit=s.obs.last_exit, extra={"backend": self.name},
+                last_error=s.last_error, last_exit=s.obs.last_exit,
             )
         return rows
 
@@ -200,11 +202,18 @@ class ManagedBackend:
         return self.manager.journal_unit(name) if name in self.servers else None
 
     async def close(self) -> None:
-        """Release the manager; the servers keep running under it (a new daemon adopts them)."""
+        """Daemon shutdown: stop every server in parallel (the manager's stop, then the kernel sweep)."""
+        await asyncio.gather(*(self.stop(name) for name in list(self.servers)))
+        await self.detach()
+
+    async def detach(self) -> None:
+        """Let go (`notebookd shutdown --keep-servers`): the servers keep running under their manager,
+        and the next daemon adopts them (`Manager.open`, and an unchanged definition starts nothing)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         await self.manager.close()
 
     # -- actions --
@@ -288,10 +297,14 @@ class ManagedBackend:
         now = time.time()
         old_pid = s.last_pid
         s.obs = obs
+        if old_pid is not None and obs.pid != old_pid and s.wanted and not s.busy and not s.planned:
+            s.crashed = True  # the process we knew is gone, and nobody asked for that
         if obs.pid and obs.pid != old_pid:  # a new process
-            if not s.planned and (old_pid is not None or s.state in ("backoff", "crashloop")):
+            if s.planned:
+                s.planned = s.crashed = False
+            elif s.crashed or old_pid is not None:
                 s.restarts += 1
-            s.planned = False
+                s.crashed = False
             s.pid_seen, s.ready_pid, s.health_failures = now, None, 0
             if old_pid is not None and not s.busy:
                 await self._end_strays(s, keep=obs.pid)
@@ -313,7 +326,6 @@ class ManagedBackend:
                 return
             if not s.retry_at:
                 log.warning("%s: stopped outside notebookd (or its manager restarted); starting it again", s.name)
-            s.planned = True
             async with self._busy(s):
                 await self.manager.install(s.spec, self.tokens)
                 await self.manager.start(s.name)

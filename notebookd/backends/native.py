@@ -23,6 +23,7 @@ from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
 from notebookd.ports import describe_holder, port_holder
 from notebookd.probe import http_status
+from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -34,7 +35,9 @@ class SpawnError(Exception):
     """The server could not even be started (a problem the admin must fix, or wait out)."""
 
 
-def describe_exit(returncode: int) -> str:
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exited (status unknown: adopted from an earlier notebookd)"
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"
@@ -51,7 +54,7 @@ class NativeServer:
         self.host = host
         self.state = S.STOPPED
         self.since = time.time()
-        self.proc: subprocess.Popen | None = None
+        self.proc: procs.ServerProcess | None = None
         self.started: float | None = None
         self.restarts = 0
         self.failures = 0
@@ -62,7 +65,6 @@ class NativeServer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._exit: asyncio.Future | None = None
-        self._pidfd = -1
         self.pipe = host.log_pipe(spec)
 
     # -- the one place where state changes --
@@ -75,7 +77,7 @@ class NativeServer:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+        return self.proc.pid if self.proc is not None and not self.proc.done else None
 
     @property
     def wanted(self) -> bool:
@@ -83,7 +85,7 @@ class NativeServer:
 
     @property
     def marker(self) -> str:
-        return f"{self.spec.name}@{self.host.run_dir}"
+        return self.host._marker(self.spec.name)
 
     # -- commands from the backend --
     def start(self) -> None:
@@ -112,14 +114,19 @@ class NativeServer:
                 await self._sleep(delay)
                 if self._want:
                     self.restarts += 1
+        except asyncio.CancelledError:
+            if self.host.detaching:
+                return  # the process stays, its record too: the next daemon adopts it
+            raise
         except Exception:  # a bug must not leave a server unsupervised and silent
             log.exception("%s: supervision failed", self.spec.name)
             raise
         finally:
-            if self.pid is not None or self.state in (S.STARTING, S.RUNNING):
-                await self._terminate("stop requested")
-            if self.state is not S.STOPPED:
-                self._transition(S.STOPPED)
+            if not self.host.detaching:
+                if self.pid is not None or self.state in (S.STARTING, S.RUNNING):
+                    await self._terminate("stop requested")
+                if self.state is not S.STOPPED:
+                    self._transition(S.STOPPED)
 
     def _backoff(self) -> float:
         r = self.spec.restart
@@ -138,11 +145,20 @@ class NativeServer:
 
     async def _run_once(self) -> str | None:
         """One life of the server. Returns why it failed, or None if it was stopped on purpose."""
-        self._transition(S.STARTING)
+        record = self.host.claim(self.spec.name)
+        adopting = record is not None and record.fingerprint == fingerprint(self.spec)
+        self._transition(S.STARTING, f"adopting pid {record.pid}, left running by an earlier notebookd"
+                         if adopting else "")
         self._wake.clear()
         try:
             async with self.host.start_slots:
-                self._spawn()
+                if adopting:
+                    self._adopt(record)
+                else:
+                    if record is not None:  # started with another spec while no daemon watched
+                        await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
+                                              self.spec.settings.stop_timeout)
+                    self._spawn()
                 outcome = await self._wait_ready()
         except SpawnError as exc:
             return str(exc)
@@ -156,7 +172,7 @@ class NativeServer:
                 await self._terminate(outcome)
             await self._reap_strays()
             return outcome
-        self.started = time.time()
+        self.started = record.create_time if adopting else time.time()
         self.health_failures = 0
         self.last_error = None
         self._transition(S.RUNNING, f"pid {self.pid}, port {self.spec.port}")
@@ -246,7 +262,7 @@ class NativeServer:
             raise SpawnError(str(exc)) from None
 
         files = self.host.server_files(spec)
-        write_atomic(files["config"], json.dumps(jupyter.server_config(spec, jupyter.major_version(words)),
+        write_atomic(files["config"], json.dumps(jupyter.server_config(spec, jupyter.server_kind(words)),
                                                  indent=1).encode(), 0o640, self.host.root_uid, acc.gid)
         write_atomic(files["token"], self.host.tokens.get(acc.name).encode(), 0o400, acc.uid, acc.gid)
         ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
@@ -257,7 +273,7 @@ class NativeServer:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
         out, keep = self.pipe.writer_fds()
         try:
-            self.proc = subprocess.Popen(
+            popen = subprocess.Popen(
                 argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
             )
@@ -266,24 +282,13 @@ class NativeServer:
         finally:
             os.close(out)
             os.close(keep)
-        self._watch_exit()
-        self.host.record(spec.name, self.proc.pid)
+        self.proc = procs.ServerProcess(popen.pid, popen)
+        self._exit = self.proc.watch(self.pipe.drain)
+        self.host.records.write(spec, popen.pid)
 
-    def _watch_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._exit = loop.create_future()
-        self._pidfd = os.pidfd_open(self.proc.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
-
-    def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = -1
-        code = self.proc.wait()  # already exited: reaps without blocking
-        self.pipe.drain()
-        if not self._exit.done():
-            self._exit.set_result(code)
+    def _adopt(self, record: Record) -> None:
+        self.proc = procs.ServerProcess(record.pid)
+        self._exit = self.proc.watch(self.pipe.drain)
 
     async def _terminate(self, why: str) -> None:
         if self.state is not S.STOPPING:
@@ -295,7 +300,7 @@ class NativeServer:
             await self._exit
         if self._exit is not None:
             self.last_exit = describe_exit(self._exit.result())
-        self.host.record(self.spec.name, None)
+        self.host.records.remove(self.spec.name)
 
     async def _reap_strays(self) -> None:
         """After an unplanned exit, end its orphaned kernels before the next start."""
@@ -308,6 +313,7 @@ class NativeServer:
             name=self.spec.name, state=self.state.value, port=self.spec.port, url=self.spec.url(),
             pid=self.pid, since=self.since, started=self.started, restarts=self.restarts,
             last_error=self.last_error, last_exit=self.last_exit,
+            log_tail=self.pipe.sink.tail() if self.state in (S.BACKOFF, S.CRASHLOOP) else [],
         )
 
 
@@ -319,6 +325,9 @@ class NativeBackend:
         self.run_dir, self.state_dir, self.system = run_dir, state_dir, system
         self.root_uid = 0 if system else -1  # owner of the files a user may read but not change
         self.tokens = tokens
+        self.records = RecordBook(state_dir)
+        self.leftovers: dict[str, Record] = {}
+        self.detaching = False  # the daemon exits for an upgrade and leaves every server running
         self.servers: dict[str, NativeServer] = {}
         self.start_slots = asyncio.Semaphore(max_parallel_starts or os.cpu_count() or 2)
         self.changed = on_change
@@ -327,8 +336,11 @@ class NativeBackend:
     async def open(self) -> None:
         ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
         ensure_dir(os.path.join(self.run_dir, "logs"), 0o700)
-        ensure_dir(os.path.join(self.state_dir, "servers"), 0o700)
-        await self._end_leftovers()
+        self.records.open()
+        # Adopted when their user is started again (same spec), stopped when reconcile forgets them.
+        self.leftovers = self.records.live()
+        for rec in self.leftovers.values():
+            log.info("%s: found server pid %d left running by an earlier notebookd", rec.name, rec.pid)
 
     # -- files --
     def server_files(self, spec: ServerSpec) -> dict[str, str]:
@@ -359,41 +371,17 @@ class NativeBackend:
         server = self.servers.get(name)
         return server.pipe.sink.path if server else None
 
-    # -- records of running pids, so a later daemon never mistakes a stranger for a server --
-    def record(self, name: str, pid: int | None) -> None:
-        path = os.path.join(self.state_dir, "servers", f"{name}.json")
-        if pid is None:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            return
-        import psutil
+    # -- servers an earlier daemon left running --
+    def claim(self, name: str) -> Record | None:
+        """The record of a live server left by an earlier daemon for this user, once."""
+        return self.leftovers.pop(name, None)
 
-        created = psutil.Process(pid).create_time()
-        write_atomic(path, json.dumps({"pid": pid, "create_time": created}).encode(), 0o600)
-
-    async def _end_leftovers(self) -> None:
-        """Servers a previous daemon left running (it crashed): stop them so ports are free."""
-        import psutil
-
-        directory = os.path.join(self.state_dir, "servers")
-        for entry in os.listdir(directory):
-            path = os.path.join(directory, entry)
-            try:
-                with open(path) as fh:
-                    rec = json.load(fh)
-                proc = psutil.Process(rec["pid"])
-                if abs(proc.create_time() - rec["create_time"]) < 0.01:
-                    log.warning("%s: stopping server pid %d left by a previous notebookd", entry[:-5], proc.pid)
-                    await procs.stop_tree(proc.pid, proc.uids().real, f"{entry[:-5]}@{self.run_dir}", 10.0)
-            except (OSError, ValueError, KeyError, psutil.Error):
-                pass
-            os.unlink(path)
+    def _marker(self, name: str) -> str:
+        return f"{name}@{self.run_dir}"
 
     # -- the Backend contract --
     def names(self) -> set[str]:
-        return set(self.servers)
+        return set(self.servers) | set(self.leftovers)
 
     def specs(self) -> dict[str, ServerSpec]:
         return {n: s.spec for n, s in self.servers.items() if s.wanted}
@@ -430,6 +418,14 @@ class NativeBackend:
 
     async def forget(self, name: str) -> None:
         """Stop and drop a server that is no longer configured."""
+        leftover = self.leftovers.pop(name, None)
+        if leftover is not None:
+            import psutil
+
+            log.info("%s: stopping server pid %d: no longer configured", name, leftover.pid)
+            uid = psutil.Process(leftover.pid).uids().real if leftover.alive() else -1
+            await procs.stop_tree(leftover.pid, uid, self._marker(name), 10.0)
+            self.records.remove(name)
         server = self.servers.pop(name, None)
         if server is not None:
             await server.stop()
@@ -469,5 +465,17 @@ class NativeBackend:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers.values()))
+        for server in self.servers.values():
+            self._close_pipe(server)
+
+    async def detach(self) -> None:
+        """Let go of every server without stopping it: for a daemon restart (upgrade).
+
+        Records stay, the FIFOs stay (and keep what servers write meanwhile), the next daemon adopts."""
+        self.detaching = True
+        tasks = [s._task for s in self.servers.values() if s._task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for server in self.servers.values():
             self._close_pipe(server)
