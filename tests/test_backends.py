@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import tempfile
 
 import pytest
 
-from conftest import IS_ROOT, free_ports, needs_root, wait_for
-from labs import ContainerLab, HostLab
+from conftest import free_ports, needs_root, wait_for
+from labs import REPO, VENV, ContainerLab, HostLab
 from managers import Supervisord
 
 pytestmark = needs_root
@@ -35,8 +34,7 @@ def lab(request, users):
     if backend == "systemd":
         import sysroot
 
-        container = sysroot.Container(sysroot.root(), [sysroot_venv(), os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))], os.path.join(base, "container.log")).boot()
+        container = sysroot.Container(sysroot.root(), [VENV, REPO], os.path.join(base, "container.log")).boot()
         lab = ContainerLab(container, names).setup().start()
         yield lab
         lab.stop()
@@ -52,12 +50,6 @@ def lab(request, users):
             wait_for(lambda: not lab.user_pids(user), 30, what=f"{user}'s processes gone")
     if not os.environ.get("NBT_KEEP"):
         os.system(f"rm -rf {base}")
-
-
-def sysroot_venv() -> str:
-    import sys
-
-    return sys.prefix
 
 
 def _start_kernel(lab, name: str) -> int:
