@@ -202,3 +202,17 @@ def test_shutdown_keep_servers_and_the_next_daemon_adopts_them(lab):
     assert {n: r["pid"] for n, r in rows.items()} == before, "the same processes, adopted"
     bob = lab.names["bob"]
     assert lab.http(rows[bob]["url"] + "api/kernels", lab.token(bob)) == 200
+
+
+def test_a_server_that_never_answers_is_restarted_after_start_timeout(lab):
+    """`running` means answering HTTP with every backend, not just "the manager started a process"."""
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    lab.set_users({alice: "{command: [/bin/sh, -c, 'exec sleep 600'], start_timeout: 3s}", bob: "{}"})
+    assert lab.reload().returncode == 0
+    row = wait_for(lambda: (r := lab.rows()[alice])["last_error"] and "not ready after 3s" in r["last_error"] and r,
+                   60, what="the start timeout")
+    assert row["state"] != "running" and lab.cli("status", alice).returncode == 3
+    assert len(lab.user_pids(alice)) <= 1, "the hung process is ended before the next try"
+    lab.set_users({n: "{}" for n in lab.names.values()})
+    assert lab.reload().returncode == 0
+    lab.wait_state(alice, "running")

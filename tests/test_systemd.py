@@ -181,6 +181,24 @@ def test_odd_characters_reach_the_server_unchanged(box):
     assert box.reload().returncode == 0
 
 
+def test_a_unit_systemd_gives_up_on_is_a_crashloop_and_started_again(box):
+    """Restart=on-failure until StartLimitBurst (restart.crashloop_after), then `failed`: notebookd shows
+    crashloop and starts it again (reset-failed first) every backoff_max."""
+    alice, bob = box.names["alice"], box.names["bob"]
+    box.set_users({alice: "{}", bob: "{command: [/bin/sh, -c, 'echo failing; exit 3']}"})
+    assert box.reload().returncode == 0
+    row = box.wait_state(bob, "crashloop", 90)
+    assert "exit status 3" in row["last_error"] and box.cli("status", bob).returncode == 3
+    assert "failing" in box.cli("logs", bob, "-n", "100").stdout  # with systemd's own lines about the unit
+    # retried: the unit leaves `failed` again within backoff_max (3 s) and a few restarts
+    wait_for(lambda: box.c.run("systemctl", "show", "-p", "NRestarts", "--value",
+                               f"notebookd-user@{bob}.service").stdout.strip() not in ("", "20"), 30,
+             what="a new round of starts")
+    box.set_users({alice: "{}", bob: "{}"})
+    assert box.reload().returncode == 0
+    box.wait_state(bob, "running", 90)
+
+
 def test_shutdown_keep_servers_restarts_the_unit_and_keeps_the_servers(box):
     box.wait_all_running()
     before = {n: r["pid"] for n, r in box.rows().items()}
