@@ -78,6 +78,7 @@ listen: {{ip: 127.0.0.1, ports: {low}-{high}}}
 state_dir: {state}
 logs: {{dir: {logs}, max_size: 64KiB, keep: 2}}
 restart: {restart}
+health: {{interval: 2s, timeout: 5s, failures: 2}}
 server: {{stop_timeout: 5s}}
 users:
 {users}

@@ -216,3 +216,14 @@ def test_a_server_that_never_answers_is_restarted_after_start_timeout(lab):
     lab.set_users({n: "{}" for n in lab.names.values()})
     assert lab.reload().returncode == 0
     lab.wait_state(alice, "running")
+
+
+def test_a_frozen_server_is_restarted_as_unhealthy(lab):
+    """The process is there but does not answer (SIGSTOP): health.failures failed probes restart it."""
+    bob = lab.names["bob"]
+    before = lab.wait_state(bob, "running")
+    lab.kill(before["pid"], signal.SIGSTOP)
+    row = lab.wait_replaced(bob, before["pid"], timeout=90)
+    assert row["restarts"] == before["restarts"] + 1
+    assert lab.http(row["url"] + "api/kernels", lab.token(bob)) == 200
+    assert before["pid"] not in lab.user_pids(bob)
