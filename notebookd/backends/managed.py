@@ -238,7 +238,8 @@ class ManagedBackend:
     async def _stop_now(self, server: Server) -> None:
         """The manager stops the server (its process group or cgroup); then every process that carries
         the server's marker goes too: kernels start their own sessions, out of supervisord's reach."""
-        self._set_state(server, "stopping")
+        if server.obs.state != "stopped":
+            self._set_state(server, "stopping")
         await self.manager.stop(server.name)
         uid = self._uid(server)
         if uid is not None:
