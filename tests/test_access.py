@@ -15,16 +15,15 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import uuid
 
 import pytest
 
 from conftest import Daemon, as_user, free_ports, http, needs_root, wait_for
+from webclient import NGINX, execute, run_code, start_nginx
 
 pytestmark = needs_root
 
-NGINX = "/usr/sbin/nginx"
 BOB_PASSWORD = "correct horse battery staple"
 DEBIAN_PYTHON = "/usr/bin/python3"
 
@@ -51,35 +50,6 @@ def cli(daemon: Daemon, *args: str, user: str | None = None, stdin: str | None =
         env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
     return subprocess.run([sys.executable, "-m", "notebookd", *args], env=env, input=stdin, capture_output=True,
                           text=True, timeout=120, cwd="/", **as_user(user))
-
-
-def start_nginx(base: str, site: str) -> subprocess.Popen:
-    """nginx from apt with `site` in its http {} context; files, pid and logs under `base`."""
-    conf = os.path.join(base, "nginx.conf")
-    with open(os.path.join(base, "notebookd-nginx.conf"), "w") as fh:
-        fh.write(site)
-    temp = os.path.join(base, "nginx-temp")
-    os.makedirs(temp, exist_ok=True)
-    with open(conf, "w") as fh:
-        fh.write(textwrap.dedent(f"""\
-            worker_processes 1;
-            error_log {base}/nginx-error.log info;
-            events {{ worker_connections 256; }}
-            http {{
-                access_log {base}/nginx-access.log;
-                client_body_temp_path {temp}/body;
-                proxy_temp_path {temp}/proxy;
-                fastcgi_temp_path {temp}/fastcgi;
-                uwsgi_temp_path {temp}/uwsgi;
-                scgi_temp_path {temp}/scgi;
-                include {base}/notebookd-nginx.conf;
-            }}
-            """))
-    check = subprocess.run([NGINX, "-t", "-c", conf, "-e", f"{base}/nginx-error.log",
-                            "-g", f"daemon off; pid {base}/nginx.pid;"], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    return subprocess.Popen([NGINX, "-c", conf, "-e", f"{base}/nginx-error.log",
-                             "-g", f"daemon off; pid {base}/nginx.pid;"])
 
 
 @pytest.fixture(scope="module")
@@ -122,56 +92,6 @@ def proxied(lab, name: str) -> str:
     return f"{lab.proxy}/user/{name}/"
 
 
-# ---- the kernel protocol over a WebSocket, as JupyterLab speaks it ----
-
-async def _execute(ws_url: str, token: str | None, code: str, origin: str | None, cookie: str | None = None) -> str:
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    headers = {}
-    if token:
-        headers["Authorization"] = f"token {token}"
-    if origin:
-        headers["Origin"] = origin
-    if cookie:
-        headers["Cookie"] = cookie
-    conn = await websocket_connect(HTTPRequest(ws_url, headers=headers, request_timeout=30))
-    session, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
-    conn.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": session, "msg_type": "execute_request",
-                   "version": "5.3", "date": "2026-01-01T00:00:00Z"},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
-    try:
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 90)
-            assert raw is not None, "the kernel channel closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "execute_result":
-                return msg["content"]["data"]["text/plain"]
-            if msg["msg_type"] == "error":
-                raise AssertionError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-    finally:
-        conn.close()
-
-
-def run_code(base: str, token: str, code: str, kernel_name: str | None = None, origin: str | None = None) -> str:
-    """Start a kernel over REST at `base`, run `code` over its channels WebSocket, return the result."""
-    body = json.dumps({"name": kernel_name} if kernel_name else {}).encode()
-    status, answer, _ = http(base + "api/kernels", token, method="POST", body=body)
-    assert status == 201, answer
-    kernel = json.loads(answer)["id"]
-    try:
-        ws = base.replace("http", "ws", 1) + f"api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
-        return asyncio.run(_execute(ws, token, code, origin))
-    finally:
-        http(base + f"api/kernels/{kernel}", token, method="DELETE")
-
-
 # ---- through nginx ----
 
 def test_rendered_nginx_config_has_a_location_per_user_and_the_websocket_upgrade(lab):
@@ -203,9 +123,9 @@ def test_browser_cookies_work_from_the_proxys_origin_and_not_from_another(lab):
     kernel = json.loads(body)["id"]
     ws = base.replace("http", "ws", 1) + f"api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
     try:
-        assert asyncio.run(_execute(ws, None, "6*7", origin=lab.proxy, cookie=cookie)) == "42"
+        assert asyncio.run(execute(ws, None, "6*7", origin=lab.proxy, cookie=cookie)) == "42"
         with pytest.raises(Exception, match="403"):
-            asyncio.run(_execute(ws, None, "6*7", origin="https://evil.example.com", cookie=cookie))
+            asyncio.run(execute(ws, None, "6*7", origin="https://evil.example.com", cookie=cookie))
     finally:
         http(base + f"api/kernels/{kernel}", token, method="DELETE")
 
