@@ -514,8 +514,7 @@ def _args(item: Located) -> tuple[str, ...]:
 
 
 def _tls(item: Located) -> TLS:
-    # YAML 1.1 reads a bare `off` as false
-    sec = _Section(item, {"mode": lambda x: "off" if x.value is False else _choice(x, TLS_MODES), "cert": _optional_path,
+    sec = _Section(item, {"mode": _tls_mode, "cert": _optional_path,
                           "key": _optional_path,
                           "names": _tls_names, "valid_for": _positive_duration, "renew_before": _duration})
     tls = replace(TLS(), **sec.values())
@@ -529,6 +528,14 @@ def _tls(item: Located) -> TLS:
         raise (sec.keys.get("renew_before") or sec.keys["valid_for"]).error(
             "renew_before must be shorter than valid_for")
     return tls
+
+
+def _tls_mode(item: Located) -> str:
+    if isinstance(item.value, bool):  # YAML 1.1 reads bare off/on/yes/no as booleans
+        if item.value is False:
+            return "off"
+        raise item.error(f"{item.value!r} is not a mode (one of: {', '.join(TLS_MODES)})")
+    return _choice(item, TLS_MODES)
 
 
 def _tls_names(item: Located) -> tuple[str, ...]:

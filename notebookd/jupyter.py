@@ -53,7 +53,8 @@ def interpreter(argv0: str) -> str | None:
 
 @functools.lru_cache(maxsize=32)
 def _version_of(python: str, mtime: float) -> int:
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # the same path, not the same binary: a venv's python is a symlink to the system's, with other packages
+    if python == sys.executable:
         from importlib.metadata import PackageNotFoundError, version
 
         try:

@@ -25,6 +25,7 @@ from webclient import NGINX, execute, run_code, start_nginx
 pytestmark = needs_root
 
 BOB_PASSWORD = "correct horse battery staple"
+OLD_PASSWORD = "jupyter-1.23 still works"
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 CONFIG = """\
@@ -39,6 +40,7 @@ kernels:
 users:
   {alice}: {{frame_ancestors: ["'self'", "https://lms.example.org"]}}
   {bob}: {{auth: password}}
+  {old}: {{auth: both, command: [{debian_python}, -m, jupyter_server]}}
 """
 
 
@@ -57,22 +59,25 @@ def lab(users, workdir):
     if not os.path.exists(NGINX):
         pytest.skip("needs nginx (apt-get install nginx; tests/run installs it)")
     # names of their own: other test runs on this machine create (and delete) nbtalice and nbtbob
-    alice, bob = users("axalice"), users("axbob")
+    alice, bob, old = users("axalice"), users("axbob"), users("axold")
     *auto, proxy_port = free_ports(12, 24000)
     low = auto[0]
     daemon = Daemon(workdir, CONFIG.format(low=low, high=auto[-1], proxy_port=proxy_port, alice=alice.pw_name,
-                                           bob=bob.pw_name, debian_python=DEBIAN_PYTHON))
+                                           bob=bob.pw_name, old=old.pw_name, debian_python=DEBIAN_PYTHON))
     daemon.start(wait_ready=False)
     nginx = None
     try:
-        daemon.alice, daemon.bob = alice.pw_name, bob.pw_name
+        daemon.alice, daemon.bob, daemon.old = alice.pw_name, bob.pw_name, old.pw_name
         daemon.wait_state(alice.pw_name, "running")
         # bob's auth is password and he has none yet: his server must not start without one
         row = daemon.wait_state(bob.pw_name, "backoff")
         assert "no password" in row["last_error"] and f"notebookd passwd {bob.pw_name}" in row["last_error"]
         out = cli(daemon, "passwd", user=bob.pw_name, stdin=f"{BOB_PASSWORD}\n{BOB_PASSWORD}\n")
         assert out.returncode == 0, out.stderr
+        out = cli(daemon, "passwd", old.pw_name, stdin=f"{OLD_PASSWORD}\n")  # root sets it for him
+        assert out.returncode == 0, out.stderr
         daemon.wait_state(bob.pw_name, "running")
+        daemon.wait_state(old.pw_name, "running")
         rendered = cli(daemon, "render", "nginx")
         assert rendered.returncode == 0, rendered.stderr
         daemon.rendered = rendered.stdout
@@ -96,11 +101,11 @@ def proxied(lab, name: str) -> str:
 
 def test_rendered_nginx_config_has_a_location_per_user_and_the_websocket_upgrade(lab):
     text = lab.rendered
-    for name in (lab.alice, lab.bob):
+    for name in (lab.alice, lab.bob, lab.old):
         assert f"location /user/{name}/ {{" in text
     for line in ("proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Host $http_host;",
                  "proxy_set_header X-Forwarded-Proto $scheme;", "proxy_read_timeout 1d;"):
-        assert text.count(line) == 2, line
+        assert text.count(line) == 3, line
 
 
 def test_kernel_over_rest_and_websocket_through_nginx(lab):
@@ -176,6 +181,60 @@ def test_password_auth_takes_the_password_and_nothing_else(lab):
     assert status == 200
 
 
+def password_login(base: str, password: str) -> str | None:
+    """Log in through the login form as a browser does (with its _xsrf cookie); the cookies, or None."""
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(base + "login").read().decode()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"_xsrf": xsrf, "password": password}).encode()
+    try:
+        opener.open(urllib.request.Request(base + "login?next=" + urllib.parse.quote(base + "api/status"),
+                                           data=form)).read()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            raise
+        return None
+    cookies = "; ".join(f"{c.name}={c.value}" for c in jar)
+    status, _, _ = http_cookie(base + "api/kernels", cookies)
+    return cookies if status == 200 else None
+
+
+def http_cookie(url: str, cookie: str) -> tuple[int, bytes, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Cookie": cookie})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+@pytest.mark.parametrize("who", ["bob", "old"])
+def test_password_login_form_through_nginx(lab, who):
+    """jupyter_server 2.x (bob, password) and Debian's 1.23 (old, password or token)."""
+    name, password = (lab.bob, BOB_PASSWORD) if who == "bob" else (lab.old, OLD_PASSWORD)
+    base = proxied(lab, name)
+    assert password_login(base, "not the password") is None
+    assert password_login(base, password) is not None
+
+
+def test_both_takes_the_token_too_on_jupyter_1_23(lab):
+    base = lab.rows()[lab.old]["url"]
+    status, body, _ = http(base + "api", lab.token(lab.old))
+    assert status == 200 and json.loads(body)["version"].startswith("1.")
+    assert http(base + "api/kernels", lab.token(lab.old))[0] == 200
+    assert http(base + "api/kernels")[0] == 403
+
+
 def test_password_is_stored_as_argon2_only(lab):
     hash_file = os.path.join(lab.base, "state", "passwords", lab.bob)
     st = os.stat(hash_file)
@@ -194,7 +253,8 @@ def test_password_is_stored_as_argon2_only(lab):
                 path = os.path.join(dirpath, f)
                 if stat.S_ISREG(os.lstat(path).st_mode):
                     with open(path, "rb") as fh:
-                        assert BOB_PASSWORD.encode() not in fh.read(), path
+                        data = fh.read()
+                        assert BOB_PASSWORD.encode() not in data and OLD_PASSWORD.encode() not in data, path
 
 
 def test_a_user_may_set_only_their_own_password(lab):
