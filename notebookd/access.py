@@ -7,6 +7,9 @@
 - `password` 0400, owned by the user: the argon2 hash (auth password or both), read by the
   root-owned `jupyter_server_config.py` that `jupyter.write_config` puts next to it
 - `tls.key`  0400, owned by the user; `tls.crt` 0444 (tls self-signed or files)
+- `cookie_secret` 0400, owned by the user: signs the login cookies. Kept by root in
+  `<state_dir>/sessions/USER`, so logins survive restarts, and replaced by `end_sessions` when a
+  token is rotated or a password set: every browser logged in with the old one is logged out.
 
 A file the current settings do not call for is removed, so switching `auth` back to token leaves
 no stale hash behind.
@@ -15,10 +18,11 @@ no stale hash behind.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 
 from notebookd import tls as tlsmod
-from notebookd.fsutil import write_atomic
+from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.model import ServerSpec
 from notebookd.passwords import PasswordStore
 from notebookd.tokens import TokenStore
@@ -34,6 +38,7 @@ class ServerAccess:
     password_file: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    cookie_secret_file: str | None = None
 
 
 def uses_token(spec: ServerSpec) -> bool:
@@ -49,6 +54,25 @@ class Access:
         self.tokens = tokens
         self.passwords = PasswordStore(state_dir)
         self.certificates = tlsmod.Certificates(state_dir)
+        self.sessions_dir = os.path.join(state_dir, "sessions")
+
+    def end_sessions(self, name: str) -> None:
+        """A new cookie secret at the next start: every login cookie of this user's server stops working."""
+        _remove(os.path.join(self.sessions_dir, name))
+
+    def _cookie_secret(self, name: str) -> bytes:
+        path = os.path.join(self.sessions_dir, name)
+        try:
+            with open(path, "rb") as fh:
+                secret = fh.read()
+            if len(secret) >= 32:
+                return secret
+        except FileNotFoundError:
+            pass
+        ensure_dir(self.sessions_dir, 0o700)
+        secret = secrets.token_hex(32).encode()
+        write_atomic(path, secret, 0o600)
+        return secret
 
     def install(self, spec: ServerSpec, directory: str, root_uid: int) -> ServerAccess:
         acc = spec.account
@@ -77,7 +101,9 @@ class Access:
         else:
             for name in ("tls.crt", "tls.key"):
                 _remove(os.path.join(directory, name))
-        return ServerAccess(wanted["token"], wanted["password"], certfile, keyfile)
+        cookie = os.path.join(directory, "cookie_secret")
+        write_atomic(cookie, self._cookie_secret(acc.name), 0o400, acc.uid, acc.gid)
+        return ServerAccess(wanted["token"], wanted["password"], certfile, keyfile, cookie)
 
 
 def _remove(path: str) -> None:

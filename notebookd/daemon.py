@@ -256,6 +256,7 @@ class Daemon:
         restarted = False
         if args.get("rotate"):
             self.tokens.rotate(name)
+            self.backend.access.end_sessions(name)
             log.info("%s: token rotated", name)
             if uses_token(self.desired.specs[name]):
                 restarted = await self._restart_if_wanted(name)
@@ -268,8 +269,10 @@ class Daemon:
         if not is_hash(hashed):
             raise Refused("not an argon2id password hash (notebookd passwd makes one)")
         self.passwords.set(name, hashed)
-        log.info("%s: password set", name)
         spec = self.desired.specs[name]
+        if uses_password(spec):
+            self.backend.access.end_sessions(name)
+        log.info("%s: password set", name)
         restarted = uses_password(spec) and await self._restart_if_wanted(name)
         return {"user": name, "auth": spec.settings.auth, "restarted": restarted}
 

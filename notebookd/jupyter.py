@@ -128,6 +128,8 @@ def _access_config(config: dict, major: int, access) -> None:
         app.pop(key, None)
     if access.certfile:
         app.update(certfile=access.certfile, keyfile=access.keyfile)
+    if access.cookie_secret_file:  # notebookd's, so a token rotation or a new password logs browsers out
+        app["cookie_secret_file"] = access.cookie_secret_file
 
 
 def password_loader(major: int, path: str) -> str:

@@ -153,15 +153,28 @@ def test_url_prints_the_token_for_token_auth_and_none_for_password_auth(lab):
 def test_token_rotate_replaces_the_token_and_restarts_only_that_server(lab):
     rows = lab.rows()
     old_token, bob_pid = lab.token(lab.alice), rows[lab.bob]["pid"]
+    base = rows[lab.alice]["url"]
+    cookie = token_login(base, old_token)
+    assert http_cookie(base + "api/kernels", cookie)[0] == 200
     out = cli(lab, "token", "--rotate", user=lab.alice)
     assert out.returncode == 0, out.stderr
     new_token = out.stdout.strip()
     assert new_token != old_token and len(new_token) >= 32
     lab.wait_replaced(lab.alice, rows[lab.alice]["pid"])
-    base = rows[lab.alice]["url"]
     assert http(base + "api/kernels", new_token)[0] == 200
     assert http(base + "api/kernels", old_token)[0] == 403
+    assert http_cookie(base + "api/kernels", cookie)[0] == 403, "a browser logged in with the old token is out"
     assert lab.rows()[lab.bob]["pid"] == bob_pid, "bob's server was not touched"
+
+
+def token_login(base: str, token: str) -> str:
+    """The cookies a browser gets when it opens `base` with ?token=."""
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    jar = CookieJar()
+    urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)).open(base + f"api/status?token={token}").read()
+    return "; ".join(f"{c.name}={c.value}" for c in jar)
 
 
 def test_a_user_cannot_rotate_or_read_another_users_token(lab):
@@ -255,6 +268,8 @@ def test_password_is_stored_as_argon2_only(lab):
                     with open(path, "rb") as fh:
                         data = fh.read()
                         assert BOB_PASSWORD.encode() not in data and OLD_PASSWORD.encode() not in data, path
+                        if os.stat(path).st_mode & stat.S_IROTH:
+                            assert hashed.encode() not in data, f"the hash in world-readable {path}"
 
 
 def test_a_user_may_set_only_their_own_password(lab):
