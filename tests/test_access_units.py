@@ -264,3 +264,17 @@ def test_major_version_asks_the_interpreter_not_its_binary():
 
     assert jupyter.major_version(["/usr/bin/python3", "-m", "jupyter_server"]) == 1
     assert jupyter.major_version([sys.executable, "-I", "-m", "jupyter_server"]) == 2
+
+
+def test_check_config_names_missing_access_files(tmp_path):
+    from notebookd import checks
+
+    c = load(f"""\
+        tls: {{mode: files, cert: {tmp_path}/missing.crt, key: {tmp_path}/missing.key}}
+        kernels: {{ml: {{venv: {tmp_path}/no-venv}}, sys: {{python: /usr/bin/python3}}}}
+        """)
+    assert checks.access_problems(c) == [
+        f"{FILE}: tls.cert: cannot read {tmp_path}/missing.crt",
+        f"{FILE}: tls.key: cannot read {tmp_path}/missing.key",
+        f"{FILE}: kernels.ml: {tmp_path}/no-venv/bin/python is not an executable file",
+    ]
