@@ -6,7 +6,8 @@
 - `token`    0400, owned by the user: `JUPYTER_TOKEN_FILE` (auth token or both)
 - `password` 0400, owned by the user: the argon2 hash (auth password or both), read by the
   root-owned `jupyter_server_config.py` that `jupyter.write_config` puts next to it
-- `tls.key`  0400, owned by the user; `tls.crt` 0444 (tls self-signed or files)
+- `tls.key`  0400, owned by the user; `tls.crt` 0444 (tls self-signed: the user's own pair; files:
+  the admin's)
 - `cookie_secret` 0400, owned by the user: signs the login cookies. Kept by root in
   `<state_dir>/sessions/USER`, so logins survive restarts, and replaced by `end_sessions` when a
   token is rotated or a password set: every browser logged in with the old one is logged out.
@@ -94,7 +95,7 @@ class Access:
         certfile = keyfile = None
         if spec.tls.enabled:
             try:
-                cert, key = self.certificates.pair(spec.tls, spec.ip)
+                cert, key = self.certificates.pair(spec.tls, spec.ip, acc.name)
                 certfile, keyfile = tlsmod.install(cert, key, directory, acc.uid, acc.gid, root_uid)
             except tlsmod.TLSError as exc:
                 raise NotReady(str(exc)) from None

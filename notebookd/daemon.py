@@ -293,16 +293,19 @@ class Daemon:
             tls = self.config.tls
             if tls.mode != "self-signed":
                 continue
+            certs = self.backend.access.certificates
             try:
-                renewed = self.backend.access.certificates.ensure(tls, self.config.listen.ip)
+                certs.ensure(tls, self.config.listen.ip)  # the host's, for nginx: it reads it on its reload
+                names = [n for n, s in self.backend.specs().items() if s.tls.mode == "self-signed"
+                         and certs.ensure(tls, self.config.listen.ip, certs.user_pair(n))]
             except OSError as exc:
-                log.error("cannot renew the self-signed certificate: %s", exc)
+                log.error("cannot renew a self-signed certificate: %s", exc)
                 continue
-            if renewed:
-                names = [n for n, s in self.backend.specs().items() if s.tls.mode == "self-signed"]
-                log.info("self-signed certificate renewed; restarting %s", ", ".join(names) or "no server")
+            if names:
+                log.info("self-signed certificates renewed; restarting %s", ", ".join(names))
                 async with self.lock:
-                    await asyncio.gather(*(self.backend.restart(self.backend.specs()[n]) for n in names))
+                    specs = self.backend.specs()
+                    await asyncio.gather(*(self.backend.restart(specs[n]) for n in names if n in specs))
 
     def _daemon_info(self) -> dict:
         return {

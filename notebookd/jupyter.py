@@ -138,13 +138,14 @@ def password_loader(major: int, path: str) -> str:
     target = "c.PasswordIdentityProvider.hashed_password" if major >= 2 else "c.ServerApp.password"
     return (
         "# Written by notebookd: the password hash, from a file only this server's user can read.\n"
+        f"_path = {path!r}\n"
         "try:\n"
-        f"    with open({path!r}, encoding='ascii') as _fh:\n"
+        "    with open(_path, encoding='ascii') as _fh:\n"
         "        _hash = _fh.read().strip()\n"
         "except OSError as _exc:\n"
-        f"    raise SystemExit(f'notebookd: cannot read the password hash {path}: {{_exc}}')\n"
+        "    raise SystemExit(f'notebookd: cannot read the password hash {_path}: {_exc}')\n"
         "if not _hash.startswith('argon2:'):\n"
-        f"    raise SystemExit('notebookd: {path} holds no argon2 hash')\n"
+        "    raise SystemExit(f'notebookd: {_path} holds no argon2 hash')\n"
         f"{target} = _hash\n"
     )
 

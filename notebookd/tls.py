@@ -2,9 +2,13 @@
 
 Self-signed: an EC P-256 key and a certificate made here with `cryptography`, for this host's
 name, its FQDN, localhost and the configured addresses, valid for `tls.valid_for` and made again
-once less than `tls.renew_before` is left (or when the names it must carry changed). The pair lives
-in `<state_dir>/tls/` (root, key 0600); each server gets its own copy of the key, readable by its
-user only (see `install`).
+once less than `tls.renew_before` is left (or when the names it must carry changed). Every user's
+server gets a pair of its own (`<state_dir>/tls/user-NAME.*`), so no user holds a key that another
+user's server answers with; `selfsigned.*` is the host's pair, for nginx (`proxy.cert`/`key`). All
+are root's (keys 0600); a server gets a copy of its key readable by its user only (`install`).
+
+Files: the admin's certificate and key, the same for every server, so every server's user can read
+that one key: prefer TLS at nginx (the key stays root's) when users must not hold it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 from notebookd.config import TLS
 from notebookd.fsutil import ensure_dir, write_atomic
 
-CERT_NAME, KEY_NAME = "selfsigned.crt", "selfsigned.key"
+HOST_PAIR = "selfsigned"
 
 
 class TLSError(Exception):
@@ -59,25 +63,30 @@ class Certificates:
     def __init__(self, state_dir: str):
         self.dir = os.path.join(state_dir, "tls")
 
-    @property
-    def self_signed(self) -> tuple[str, str]:
-        return os.path.join(self.dir, CERT_NAME), os.path.join(self.dir, KEY_NAME)
+    def self_signed(self, pair: str = HOST_PAIR) -> tuple[str, str]:
+        return os.path.join(self.dir, f"{pair}.crt"), os.path.join(self.dir, f"{pair}.key")
 
-    def pair(self, tls: TLS, listen_ip: str) -> tuple[str, str]:
-        """(cert, key) paths for `tls`, making or renewing the self-signed pair when due."""
+    @staticmethod
+    def user_pair(user: str) -> str:
+        return f"user-{user}"
+
+    def pair(self, tls: TLS, listen_ip: str, user: str) -> tuple[str, str]:
+        """(cert, key) paths of `user`'s server, making or renewing self-signed pairs when due."""
         if tls.mode == "files":
             for path in (tls.cert, tls.key):
                 if not os.path.isfile(path):
                     raise TLSError(f"tls: {path} does not exist")
             return tls.cert, tls.key
-        self.ensure(tls, listen_ip)
-        return self.self_signed
+        self.ensure(tls, listen_ip)  # the host's, for nginx
+        self.ensure(tls, listen_ip, self.user_pair(user))
+        return self.self_signed(self.user_pair(user))
 
-    def ensure(self, tls: TLS, listen_ip: str, now: datetime.datetime | None = None) -> bool:
-        """Make the self-signed pair if it is missing, expiring or names other hosts. True if it was made."""
+    def ensure(self, tls: TLS, listen_ip: str, pair: str = HOST_PAIR,
+               now: datetime.datetime | None = None) -> bool:
+        """Make a self-signed pair if it is missing, expiring or names other hosts. True if it was made."""
         now = now or datetime.datetime.now(datetime.timezone.utc)
         names = host_names(tls, listen_ip)
-        cert_path, key_path = self.self_signed
+        cert_path, key_path = self.self_signed(pair)
         if os.path.exists(key_path) and not self._due(cert_path, names, tls, now):
             return False
         key_pem, cert_pem = make_self_signed(names, tls.valid_for, now)

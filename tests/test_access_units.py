@@ -197,22 +197,30 @@ def test_self_signed_is_renewed_before_it_expires_and_when_names_change(tmp_path
     certs = tls.Certificates(str(tmp_path))
     settings = TLS(mode="self-signed", valid_for=90 * 86400.0, renew_before=30 * 86400.0)
     now = datetime.datetime.now(datetime.timezone.utc)
-    assert certs.ensure(settings, "127.0.0.1", now) is True
-    cert, key = certs.self_signed
+    assert certs.ensure(settings, "127.0.0.1", now=now) is True
+    cert, key = certs.self_signed()
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and stat.S_IMODE(os.stat(tmp_path / "tls").st_mode) == 0o700
-    assert certs.ensure(settings, "127.0.0.1", now + datetime.timedelta(days=59)) is False
-    assert certs.ensure(settings, "127.0.0.1", now + datetime.timedelta(days=61)) is True  # < 30 days left
+    assert certs.ensure(settings, "127.0.0.1", now=now + datetime.timedelta(days=59)) is False
+    assert certs.ensure(settings, "127.0.0.1", now=now + datetime.timedelta(days=61)) is True  # < 30 days left
     later = now + datetime.timedelta(days=61)
-    assert certs.ensure(dataclasses.replace(settings, names=("new.example.org",)), "127.0.0.1", later) is True
+    assert certs.ensure(dataclasses.replace(settings, names=("new.example.org",)), "127.0.0.1", now=later) is True
     from cryptography import x509
 
     with open(cert, "rb") as fh:
         assert "new.example.org" in tls.san_names(x509.load_pem_x509_certificate(fh.read()))
 
 
+def test_each_user_gets_a_key_of_their_own(tmp_path):
+    certs = tls.Certificates(str(tmp_path))
+    settings = TLS(mode="self-signed")
+    alice, bob = certs.pair(settings, "127.0.0.1", "alice"), certs.pair(settings, "127.0.0.1", "bob")
+    keys = {open(p[1], "rb").read() for p in (alice, bob, certs.self_signed())}
+    assert len(keys) == 3 and alice[0].endswith("user-alice.crt")
+
+
 def test_files_mode_needs_the_files(tmp_path):
     with pytest.raises(tls.TLSError, match="does not exist"):
-        tls.Certificates(str(tmp_path)).pair(TLS(mode="files", cert="/nonexistent.pem", key="/k"), "127.0.0.1")
+        tls.Certificates(str(tmp_path)).pair(TLS(mode="files", cert="/nonexistent.pem", key="/k"), "127.0.0.1", "a")
 
 
 # ---- passwords ----

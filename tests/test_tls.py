@@ -42,7 +42,9 @@ def lab(users, workdir):
     daemon = Daemon(workdir, CONFIG.format(low=auto[0], high=auto[-1], proxy_port=proxy_port,
                                            carol=carol.pw_name)).start()
     daemon.carol, daemon.dave = carol.pw_name, dave.pw_name
-    daemon.cafile = os.path.join(workdir, "state", "tls", "selfsigned.crt")
+    # carol's server answers with a pair of its own; the host's (selfsigned.*) is nginx's
+    daemon.cafile = os.path.join(workdir, "state", "tls", f"user-{carol.pw_name}.crt")
+    daemon.host_cafile = os.path.join(workdir, "state", "tls", "selfsigned.crt")
     daemon.proxy_port = proxy_port
     yield daemon
     daemon.stop()
@@ -90,7 +92,7 @@ def test_self_signed_key_is_ec_p256_and_the_certificate_names_this_host(lab):
 
     from notebookd.tls import san_names
 
-    key_path = os.path.join(lab.base, "state", "tls", "selfsigned.key")
+    key_path = os.path.join(lab.base, "state", "tls", f"user-{lab.carol}.key")
     with open(key_path, "rb") as fh:
         key = load_pem_private_key(fh.read(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1" and key.key_size == 256
@@ -103,8 +105,9 @@ def test_self_signed_key_is_ec_p256_and_the_certificate_names_this_host(lab):
 
 
 def test_each_key_is_readable_by_its_server_user_only(lab):
-    central = os.stat(os.path.join(lab.base, "state", "tls", "selfsigned.key"))
-    assert central.st_uid == 0 and stat.S_IMODE(central.st_mode) == 0o600
+    for pair in (f"user-{lab.carol}", "selfsigned"):
+        central = os.stat(os.path.join(lab.base, "state", "tls", f"{pair}.key"))
+        assert central.st_uid == 0 and stat.S_IMODE(central.st_mode) == 0o600
     copy = os.path.join(lab.run_dir, "servers", lab.carol, "tls.key")
     st = os.stat(copy)
     assert st.st_uid == pwd.getpwnam(lab.carol).pw_uid and stat.S_IMODE(st.st_mode) == 0o400
@@ -114,7 +117,10 @@ def test_each_key_is_readable_by_its_server_user_only(lab):
 
     assert can_read(lab.carol, copy)
     assert not can_read(lab.dave, copy)
-    assert not can_read(lab.dave, os.path.join(lab.base, "state", "tls", "selfsigned.key"))
+    assert not can_read(lab.dave, os.path.join(lab.base, "state", "tls", f"user-{lab.carol}.key"))
+    assert not can_read(lab.carol, os.path.join(lab.base, "state", "tls", "selfsigned.key")), "nginx's is root's"
+    with open(copy, "rb") as fh, open(os.path.join(lab.base, "state", "tls", "selfsigned.key"), "rb") as host:
+        assert fh.read() != host.read(), "carol's server does not hold the key nginx answers with"
     # the server process itself runs with that key
     pid = lab.rows()[lab.carol]["pid"]
     assert os.stat(f"/proc/{pid}").st_uid == st.st_uid
@@ -131,8 +137,9 @@ def test_tls_at_nginx_in_front_of_tls_servers(lab):
         base = f"https://localhost:{lab.proxy_port}/user/{lab.carol}/"
         wait_for(lambda: nginx.poll() is not None or _port_open(lab.proxy_port), 20, what="nginx")
         token = lab.token(lab.carol)
-        assert https(base + "api/kernels", token, lab.cafile)[0] == 200
-        assert run_code(base, token, "6*7", origin=f"https://localhost:{lab.proxy_port}", cafile=lab.cafile) == "42"
+        assert https(base + "api/kernels", token, lab.host_cafile)[0] == 200
+        assert run_code(base, token, "6*7", origin=f"https://localhost:{lab.proxy_port}",
+                        cafile=lab.host_cafile) == "42"
     finally:
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(20)
