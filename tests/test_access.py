@@ -412,3 +412,39 @@ def test_browser_password_login(lab, browser):
     log_in(BOB_PASSWORD)
     _in_lab(browser)
     assert browser.current_url.startswith(proxied(lab, lab.bob) + "lab")
+
+
+def test_passwd_on_a_terminal_asks_twice_without_echo(lab):
+    """What a person at a terminal sees: two prompts, and never the password."""
+    import select
+
+    master, slave = os.openpty()
+    env = dict(lab.env)
+    pw = pwd.getpwnam(lab.alice)
+    env.update(HOME=pw.pw_dir, USER=lab.alice, LOGNAME=lab.alice)
+    proc = subprocess.Popen([sys.executable, "-m", "notebookd", "passwd"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, cwd="/", start_new_session=True, **as_user(lab.alice))
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, f"no {text!r} on the terminal: {seen!r}"
+            seen += os.read(master, 1024)
+
+    secret = "typed at a terminal"
+    read_until(b"New password: ")
+    os.write(master, secret.encode() + b"\n")
+    read_until(b"Again: ")
+    os.write(master, secret.encode() + b"\n")
+    assert proc.wait(60) == 0
+    try:
+        while select.select([master], [], [], 0.5)[0]:
+            seen += os.read(master, 1024)
+    except OSError:  # EIO once the child has closed its end
+        pass
+    os.close(master)
+    assert b"password set for " + lab.alice.encode() in seen
+    assert secret.encode() not in seen, "the password was echoed"
