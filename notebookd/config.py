@@ -514,14 +514,13 @@ def _args(item: Located) -> tuple[str, ...]:
 
 
 def _tls(item: Located) -> TLS:
-    sec = _Section(item, {"mode": _tls_mode, "cert": _optional_path,
-                          "key": _optional_path,
-                          "names": _tls_names, "valid_for": _positive_duration, "renew_before": _duration})
+    sec = _Section(item, {"mode": _tls_mode, "cert": _optional_path, "key": _optional_path, "names": _tls_names,
+                          "valid_for": _positive_duration, "renew_before": _duration})
     tls = replace(TLS(), **sec.values())
     if tls.mode == "files":
-        for key in ("cert", "key"):
+        for key, what in (("cert", "certificate"), ("key", "private key")):
             if not getattr(tls, key):
-                raise item.error(f"mode files needs {key}: the path of the {'certificate' if key == 'cert' else 'private key'}")
+                raise item.error(f"mode files needs {key}: the path of the {what}")
     elif tls.cert or tls.key:
         raise (sec.keys.get("cert") or sec.keys["key"]).error(f"only used with mode files (mode is {tls.mode})")
     if tls.renew_before >= tls.valid_for:
@@ -538,14 +537,16 @@ def _tls_mode(item: Located) -> str:
     return _choice(item, TLS_MODES)
 
 
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
 def _tls_names(item: Located) -> tuple[str, ...]:
     names = _str_list(item)
     for name, located in zip(names, item.value):
         try:
             ipaddress.ip_address(name)
         except ValueError:
-            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
-                                name):
+            if not _HOST_NAME.fullmatch(name):
                 raise located.error(f"{name!r} is neither a host name nor an IP address") from None
     return names
 
