@@ -104,4 +104,5 @@ def spec_for(config: Config, entry: UserEntry, acc: Account, port: int) -> Serve
         restart=config.restart,
         health=config.health,
         logs=config.logs,
+        tls=config.tls,
     )

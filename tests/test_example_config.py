@@ -24,6 +24,7 @@ def test_example_loads_to_the_defaults():
     assert loaded.listen == config.Listen()
     assert loaded.logs == config.Logs(dir="/var/log/notebookd")
     assert loaded.state_dir == "/var/lib/notebookd" and loaded.users == () and loaded.groups == ()
+    assert loaded.tls == config.TLS() and loaded.proxy == config.Proxy() and loaded.kernels == ()
 
 
 def test_example_documents_every_key():
@@ -31,9 +32,9 @@ def test_example_documents_every_key():
     documented = set(re.findall(r"^\s*#?\s*([a-z_]+):", text, re.M))
     sections = {
         "listen": config.Listen, "server": config.ServerSettings, "restart": config.Restart,
-        "health": config.Health, "logs": config.Logs,
+        "health": config.Health, "logs": config.Logs, "tls": config.TLS, "proxy": config.Proxy,
     }
-    declared = set(config._TOP_KEYS) | {"port"}
+    declared = set(config._TOP_KEYS) | {"port"} | {"display_name", "argv", "python", "venv", "language", "env"}
     for cls in sections.values():
         declared |= {f.name for f in dataclasses.fields(cls)}
     missing = declared - documented
