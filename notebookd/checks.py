@@ -14,6 +14,7 @@ def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
     notes: list[str] = []
     users, warnings = desiredmod.entries(config, system)
     errors += warnings
+    errors += access_problems(config)
 
     def where(entry) -> str:
         return f"{config.file}:{entry.line}: users.{entry.name}" if entry.line else f"{config.file}: {entry.name} (from groups)"
@@ -73,3 +74,20 @@ def _backend_problems(config: Config) -> list[str]:
         if not any(os.path.exists(os.path.join(d, TEMPLATE)) for d in dirs):
             return [f"{where}: {TEMPLATE} is not installed (copy units/{TEMPLATE} to /etc/systemd/system)"]
     return []
+
+
+def access_problems(config: Config) -> list[str]:
+    """Files the access settings name: TLS certificate and key, kernel programs."""
+    errors = []
+    pairs = [("tls", config.tls.cert, config.tls.key)] if config.tls.mode == "files" else []
+    if config.proxy.cert:
+        pairs.append(("proxy", config.proxy.cert, config.proxy.key))
+    for section, cert, key in pairs:
+        for name, path in (("cert", cert), ("key", key)):
+            if not os.access(path, os.R_OK):
+                errors.append(f"{config.file}: {section}.{name}: cannot read {path}")
+    for kernel in config.kernels:
+        program = kernel.argv[0]
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            errors.append(f"{config.file}: kernels.{kernel.name}: {program} is not an executable file")
+    return errors

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="last N lines (default 50)")
     u = sub.add_parser("url", help="print the URL with token of your server (root: any or all)")
     u.add_argument("users", nargs="*", metavar="USER")
+    t = sub.add_parser("token", help="print your server's token; --rotate replaces it and restarts the server")
+    t.add_argument("user", nargs="?", metavar="USER", help="default: yourself (root: name one)")
+    t.add_argument("--rotate", action="store_true", help="make a new token (the old one stops working)")
+    pw = sub.add_parser("passwd", help="set the password of your server (asked twice; or one line on stdin)")
+    pw.add_argument("user", nargs="?", metavar="USER", help="default: yourself (root: name one)")
+    r = sub.add_parser("render", help="print config for a reverse proxy in front of the servers")
+    r.add_argument("what", choices=["nginx"], help="the proxy (nginx)")
     return p
 
 
@@ -274,6 +281,56 @@ def _follow(fh, path: str, out) -> None:
             pass
 
 
+def cmd_token(args) -> int:
+    data = _ask(args, "token", user=args.user, rotate=args.rotate, timeout=300)
+    if args.rotate:
+        print(f"new token for {data['user']}" + (", server restarted" if data["restarted"] else "")
+              + (f" (auth is {data['auth']}: the token is not used)" if data["auth"] == "password" else ""),
+              file=sys.stderr)
+    print(data["token"])
+    return EXIT_OK
+
+
+def cmd_passwd(args) -> int:
+    from notebookd import passwords
+
+    plain = _read_password()
+    try:
+        hashed = passwords.hash_password(plain)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    data = _ask(args, "passwd", user=args.user, hash=hashed, timeout=300)
+    note = ", server restarted" if data["restarted"] else ""
+    if data["auth"] == "token":
+        note = f" (auth is token for {data['user']}: set auth: password or both to log in with it)"
+    print(f"password set for {data['user']}{note}")
+    return EXIT_OK
+
+
+def _read_password() -> str:
+    """Twice without echo from a terminal; else the first line of stdin (a second, if given, must match)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != first:
+            raise CliError("the passwords do not match; nothing changed")
+        return first
+    lines = sys.stdin.read().splitlines()
+    if not lines or not lines[0]:
+        raise CliError("no password on stdin")
+    if len(lines) > 1 and lines[1] != lines[0]:
+        raise CliError("the passwords do not match; nothing changed")
+    return lines[0]
+
+
+def cmd_render(args) -> int:
+    from notebookd import nginx
+
+    sys.stdout.write(nginx.render(_ask(args, "proxy")))
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
@@ -285,4 +342,7 @@ COMMANDS = {
     "shutdown": cmd_shutdown,
     "logs": cmd_logs,
     "url": cmd_url,
+    "token": cmd_token,
+    "passwd": cmd_passwd,
+    "render": cmd_render,
 }

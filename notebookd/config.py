@@ -28,6 +28,48 @@ USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 class Listen:
     ip: str = "127.0.0.1"
     ports: tuple[int, int] = (8800, 8899)  # inclusive range for automatic ports
+    allow_insecure: bool = False  # a non-loopback ip without TLS is refused unless this is true
+
+
+AUTH_MODES = ("token", "password", "both")
+TLS_MODES = ("off", "self-signed", "files")
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS of the servers themselves (`tls:`); the same certificate for every server."""
+
+    mode: str = "off"
+    cert: str = ""  # files: the admin's certificate (PEM, with its chain) and key
+    key: str = ""
+    names: tuple[str, ...] = ()  # self-signed: more DNS names or IPs besides this host's own
+    valid_for: float = 365 * 86400.0
+    renew_before: float = 30 * 86400.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """What `notebookd render nginx` puts in front of the servers."""
+
+    listen: str = "80"  # nginx `listen`: a port or ADDRESS:PORT
+    server_name: str = "_"
+    cert: str = ""  # TLS at nginx: certificate and key files; both empty: plain HTTP
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernelspec every server offers besides its default one (`kernels.NAME:`)."""
+
+    name: str
+    display_name: str
+    argv: tuple[str, ...]
+    language: str = "python"
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +83,7 @@ class ServerSettings:
     path: str = "/usr/local/bin:/usr/bin:/bin"
     env: tuple[tuple[str, str], ...] = ()
     frame_ancestors: tuple[str, ...] = ("'self'",)
+    auth: str = "token"  # token | password | both
     jupyter_config: str = "{}"  # JSON text: extra traitlets config, kept hashable
     start_timeout: float = 60.0
     stop_timeout: float = 10.0
@@ -115,6 +158,9 @@ class Config:
     state_dir: str = ""
     groups: tuple[GroupEntry, ...] = ()
     users: tuple[UserEntry, ...] = ()
+    tls: TLS = TLS()
+    proxy: Proxy = Proxy()
+    kernels: tuple[Kernel, ...] = ()
 
     def user(self, name: str) -> UserEntry | None:
         return next((u for u in self.users if u.name == name), None)
@@ -318,12 +364,13 @@ class _Section:
 
 _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
     "command": _command,
-    "args": _str_list,
+    "args": lambda item: _args(item),
     "root_dir": _root_dir,
     "base_url": _base_url,
     "path": _str,
     "env": _env,
     "frame_ancestors": _str_list,
+    "auth": lambda item: _choice(item, AUTH_MODES),
     "jupyter_config": _jupyter_config,
     "start_timeout": _positive_duration,
     "stop_timeout": _positive_duration,
@@ -331,7 +378,7 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
 _TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "supervisor", "limits", "state_dir",
-             "groups", "users")
+             "groups", "users", "tls", "proxy", "kernels")
 
 
 def _positive(item_key: str, value: float, section: _Section) -> None:
@@ -372,8 +419,18 @@ def from_document(root: Located, layout: Layout) -> Config:
 
     listen = Listen()
     if "listen" in keys:
-        sec = _Section(keys["listen"], {"ip": _ip, "ports": _port_range})
+        sec = _Section(keys["listen"], {"ip": _ip, "ports": _port_range, "allow_insecure": _bool})
         listen = replace(listen, **sec.values())
+    tls = _tls(keys["tls"]) if "tls" in keys else TLS()
+    _check_remote_access(listen, tls, keys.get("listen"), file)
+    proxy = Proxy()
+    if "proxy" in keys:
+        sec = _Section(keys["proxy"], {"listen": _proxy_listen, "server_name": _server_names,
+                                       "cert": _optional_path, "key": _optional_path})
+        proxy = replace(proxy, **sec.values())
+        if bool(proxy.cert) != bool(proxy.key):
+            raise keys["proxy"].error("cert and key go together: give both for TLS at nginx, or neither")
+    kernels = _kernels(keys["kernels"]) if "kernels" in keys else ()
 
     server = ServerSettings()
     if "server" in keys:
@@ -453,6 +510,7 @@ def from_document(root: Located, layout: Layout) -> Config:
     return Config(
         file=file, backend=backend, listen=listen, server=server, restart=restart, health=health,
         logs=logs, supervisor=supervisor, limits=limits, state_dir=state_dir, groups=tuple(groups), users=tuple(users),
+        tls=tls, proxy=proxy, kernels=kernels,
     )
 
 
@@ -468,3 +526,131 @@ def _name(item: Located, what: str) -> str:
     if not USERNAME.fullmatch(name):
         raise item.error(f"{name!r} is not a valid Unix {what} name")
     return name
+
+
+# ---- access: auth, TLS, the remote-access rule, the proxy, shared kernels ----
+
+def _choice(item: Located, choices: tuple[str, ...]) -> str:
+    value = _str(item)
+    if value not in choices:
+        raise item.error(f"{value!r} is not one of: {', '.join(choices)}")
+    return value
+
+
+def _optional_path(item: Located) -> str:
+    """An absolute path, or "" for none."""
+    return "" if item.value in ("", None) else _absolute(item)
+
+
+def _bool(item: Located) -> bool:
+    if not isinstance(item.value, bool):
+        raise item.error(f"expected true or false, got {item.value!r}")
+    return item.value
+
+
+# traits notebookd decides itself; `args` setting them would undo the port, the bind rule or auth
+_OWN_FLAGS = re.compile(r"--(?:(?:ServerApp|NotebookApp)\.)?(ip|port|port_retries|base_url|certfile|keyfile|"
+                        r"token|password|hashed_password|allow_remote_access)(?:=|$)|--\w*IdentityProvider\.")
+
+
+def _args(item: Located) -> tuple[str, ...]:
+    words = _str_list(item)
+    for word, located in zip(words, item.value):
+        if _OWN_FLAGS.match(word):
+            raise located.error(f"{word!r} is set by notebookd (listen:, tls:, auth:) and cannot be given here")
+    return words
+
+
+def _tls(item: Located) -> TLS:
+    sec = _Section(item, {"mode": _tls_mode, "cert": _optional_path, "key": _optional_path, "names": _tls_names,
+                          "valid_for": _positive_duration, "renew_before": _duration})
+    tls = replace(TLS(), **sec.values())
+    if tls.mode == "files":
+        for key, what in (("cert", "certificate"), ("key", "private key")):
+            if not getattr(tls, key):
+                raise item.error(f"mode files needs {key}: the path of the {what}")
+    elif tls.cert or tls.key:
+        raise (sec.keys.get("cert") or sec.keys["key"]).error(f"only used with mode files (mode is {tls.mode})")
+    if tls.renew_before >= tls.valid_for:
+        raise (sec.keys.get("renew_before") or sec.keys["valid_for"]).error(
+            "renew_before must be shorter than valid_for")
+    return tls
+
+
+def _tls_mode(item: Located) -> str:
+    if isinstance(item.value, bool):  # YAML 1.1 reads bare off/on/yes/no as booleans
+        if item.value is False:
+            return "off"
+        raise item.error(f"{item.value!r} is not a mode (one of: {', '.join(TLS_MODES)})")
+    return _choice(item, TLS_MODES)
+
+
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def _tls_names(item: Located) -> tuple[str, ...]:
+    names = _str_list(item)
+    for name, located in zip(names, item.value):
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(name):
+                raise located.error(f"{name!r} is neither a host name nor an IP address") from None
+    return names
+
+
+def _check_remote_access(listen: Listen, tls: TLS, item: Located | None, file: str) -> None:
+    """The old "listening on all IP addresses and not using encryption" warning, as a rule."""
+    if tls.enabled or listen.allow_insecure or ipaddress.ip_address(listen.ip).is_loopback:
+        return
+    message = (f"{listen.ip} is reachable from other machines but tls.mode is off: tokens, passwords and "
+               "notebooks would cross the network in clear (set tls.mode to self-signed or files, "
+               "or listen.allow_insecure: true)")
+    if item is not None and isinstance(item.value, dict) and "ip" in item.value:
+        raise item.value["ip"].error(message)
+    raise ConfigError(file, None, "listen.ip", message)
+
+
+def _proxy_listen(item: Located) -> str:
+    _scalar(item)
+    text = str(item.value)
+    m = re.fullmatch(r"(?:(\[[0-9a-fA-F:]+\]|[0-9.]+|\*):)?(\d+)", text)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise item.error(f"{text!r} is not a port or ADDRESS:PORT (e.g. 443, 0.0.0.0:443, [::]:443)")
+    return text
+
+
+def _server_names(item: Located) -> str:
+    text = " ".join(_str(item).split())
+    if not text or re.search(r"[;{}'\"\\$#]", text):
+        raise item.error(f"{item.value!r} is not a list of nginx server names (e.g. lab.example.org or _)")
+    return text
+
+
+_KERNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _kernels(item: Located) -> tuple[Kernel, ...]:
+    out = []
+    for name, entry in _mapping(item).items():
+        if not _KERNEL_NAME.fullmatch(name):
+            raise entry.error("not a valid kernel name (letters, digits, '.', '_', '-')")
+        sec = _Section(entry, {"display_name": _str, "argv": _str_list, "python": _absolute, "venv": _absolute,
+                               "language": _str, "env": _env})
+        values = sec.values()
+        given = [k for k in ("argv", "python", "venv") if k in values]
+        if len(given) != 1:
+            raise entry.error("give exactly one of argv, python or venv" +
+                              (f" (got {', '.join(given)})" if given else ""))
+        if "argv" in values:
+            argv = values["argv"]
+            if not argv or not argv[0].startswith("/"):
+                raise sec.keys["argv"].error("must start with an absolute path")
+            if "{connection_file}" not in argv:
+                raise sec.keys["argv"].error("must pass {connection_file} to the kernel")
+        else:
+            python = values.get("python") or values["venv"].rstrip("/") + "/bin/python"
+            argv = (python, "-m", "ipykernel_launcher", "-f", "{connection_file}")
+        out.append(Kernel(name=name, display_name=values.get("display_name", name), argv=tuple(argv),
+                          language=values.get("language", "python"), env=values.get("env", ())))
+    return tuple(out)

@@ -15,13 +15,15 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, kernelspecs, reconcile
+from notebookd.access import uses_password, uses_token
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.control import Peer, Refused, serve
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
+from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
 from notebookd.tokens import TokenStore
 
@@ -55,6 +57,7 @@ class Daemon:
         ensure_dir(self.layout.run_dir, 0o755)
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
+        self.passwords = PasswordStore(self.config.state_dir)
         try:
             self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
             await self.backend.open()
@@ -68,6 +71,7 @@ class Daemon:
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
         watchdog = asyncio.create_task(self._watchdog())
+        renewal = asyncio.create_task(self._renew_certificates())
         event = "stop"
         try:
             while True:
@@ -83,6 +87,7 @@ class Daemon:
             self.notifier.stopping()
             control.close()
             watchdog.cancel()
+            renewal.cancel()
             async with self.lock:
                 if event == "detach":
                     log.info("exiting for a restart: every server keeps running, the next notebookd adopts them")
@@ -106,6 +111,10 @@ class Daemon:
         for name, problem in self.desired.problems.items():
             log.error("%s: %s", name, problem)
         self.held &= self.desired.specs.keys()
+        try:
+            kernelspecs.install(self.layout.run_dir, self.config.kernels)
+        except OSError as exc:
+            log.error("cannot write the shared kernelspecs: %s", exc)
         step = reconcile.plan(self.desired.specs, frozenset(self.held), self.backend.specs(),
                               self.backend.names())
         if step:
@@ -216,6 +225,14 @@ class Daemon:
             async with self.lock:
                 await self._act(cmd, names)
             return {"done": names}
+        if cmd == "token":
+            return await self._token(args, caller)
+        if cmd == "passwd":
+            return await self._passwd(args, caller)
+        if cmd == "proxy":
+            if caller is not None:
+                raise Refused("permission denied: only root may render the proxy config")
+            return self._proxy()
         if cmd == "reload":
             if caller is not None:
                 raise Refused("permission denied: only root may reload notebookd")
@@ -241,7 +258,8 @@ class Daemon:
             await asyncio.gather(*(self.backend.restart(s) for s in specs))
 
     def _url(self, name: str) -> str:
-        """The link a user opens: the server's UI (Lab, or the classic notebook) with the token."""
+        """The link a user opens: the server's UI (Lab, or the classic notebook), with the token
+        unless the user logs in with a password only."""
         spec = self.desired.specs[name]
         path = json.loads(spec.settings.jupyter_config).get("ServerApp", {}).get("default_url")
         if path is None:
@@ -249,7 +267,84 @@ class Daemon:
                 path = jupyter.server_kind(jupyter.command(spec)).default_url
             except FileNotFoundError:
                 path = None
-        return f"{spec.url()}{(path or '/').lstrip('/')}?token={self.tokens.get(name)}"
+        url = f"{spec.url()}{(path or '/').lstrip('/')}"
+        if not uses_token(spec):
+            return url  # password only: the login page asks for it
+        return f"{url}?token={self.tokens.get(name)}"
+
+    # -- access: tokens, passwords, the proxy, certificates --
+    def _one_configured(self, args: dict, caller: str | None) -> str:
+        names = self._names({"users": [args["user"]] if args.get("user") else []}, caller, default_all=False)
+        name = names[0]
+        if name not in self.desired.specs:
+            raise Refused(f"{name}: {self.desired.problems.get(name, 'not configured')}")
+        return name
+
+    async def _restart_if_wanted(self, name: str) -> bool:
+        """Restart a server that should be up (running, starting, backing off) so it takes new
+        credentials; a server an admin stopped stays stopped and takes them at its next start."""
+        spec = self.desired.specs[name]
+        if name in self.held or name not in self.backend.specs():
+            return False
+        async with self.lock:
+            await self.backend.restart(spec)
+        return True
+
+    async def _token(self, args: dict, caller: str | None) -> dict:
+        name = self._one_configured(args, caller)
+        restarted = False
+        if args.get("rotate"):
+            self.tokens.rotate(name)
+            self.backend.access.end_sessions(name)
+            log.info("%s: token rotated", name)
+            if uses_token(self.desired.specs[name]):
+                restarted = await self._restart_if_wanted(name)
+        return {"user": name, "token": self.tokens.get(name), "url": self._url(name), "restarted": restarted,
+                "auth": self.desired.specs[name].settings.auth}
+
+    async def _passwd(self, args: dict, caller: str | None) -> dict:
+        name = self._one_configured(args, caller)
+        hashed = str(args.get("hash") or "")
+        if not is_hash(hashed):
+            raise Refused("not an argon2id password hash (notebookd passwd makes one)")
+        self.passwords.set(name, hashed)
+        spec = self.desired.specs[name]
+        if uses_password(spec):
+            self.backend.access.end_sessions(name)
+        log.info("%s: password set", name)
+        restarted = uses_password(spec) and await self._restart_if_wanted(name)
+        return {"user": name, "auth": spec.settings.auth, "restarted": restarted}
+
+    def _proxy(self) -> dict:
+        servers = [{"name": n, "ip": s.ip, "port": s.port, "base_url": s.base_url, "tls": s.tls.enabled}
+                   for n, s in sorted(self.desired.specs.items())]
+        proxy = self.config.proxy
+        return {"config": self.config.file, "servers": servers,
+                "proxy": {"listen": proxy.listen, "server_name": proxy.server_name,
+                          "cert": proxy.cert, "key": proxy.key}}
+
+    async def _renew_certificates(self) -> None:
+        """Renew the self-signed certificate before it expires, and restart the servers that use it
+        (a server reads its certificate once, at start)."""
+        while True:
+            tls = self.config.tls
+            await asyncio.sleep(max(60.0, min(tls.renew_before / 4, 6 * 3600.0)))
+            tls = self.config.tls
+            if tls.mode != "self-signed":
+                continue
+            certs = self.backend.access.certificates
+            try:
+                certs.ensure(tls, self.config.listen.ip)  # the host's, for nginx: it reads it on its reload
+                names = [n for n, s in self.backend.specs().items() if s.tls.mode == "self-signed"
+                         and certs.ensure(tls, self.config.listen.ip, certs.user_pair(n))]
+            except OSError as exc:
+                log.error("cannot renew a self-signed certificate: %s", exc)
+                continue
+            if names:
+                log.info("self-signed certificates renewed; restarting %s", ", ".join(names))
+                async with self.lock:
+                    specs = self.backend.specs()
+                    await asyncio.gather(*(self.backend.restart(specs[n]) for n in names if n in specs))
 
     def _daemon_info(self) -> dict:
         return {

@@ -107,4 +107,5 @@ def spec_for(config: Config, entry: UserEntry, acc: Account, port: int) -> Serve
         health=config.health,
         logs=config.logs,
         limits=config.limits,
+        tls=config.tls,
     )

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+from notebookd.fsutil import write_atomic
 from notebookd.model import ServerSpec
 
 # Settings that decide where a server listens and who may talk to it. They go on the command
@@ -94,8 +95,9 @@ def server_kind(argv: list[str]) -> ServerKind:
         return ServerKind()
 
 
-def server_config(spec: ServerSpec, kind: ServerKind) -> dict:
-    """The traitlets config notebookd writes for this server (no secrets: the token comes by file)."""
+def server_config(spec: ServerSpec, kind: ServerKind, access=None) -> dict:
+    """The traitlets config notebookd writes for this server (no secrets: the token and the password
+    hash come by files only the user can read; `access` is an `access.ServerAccess` naming them)."""
     major = kind.major
     config = json.loads(spec.settings.jupyter_config)  # the admin's extras first, ours over them
     app = config.setdefault("ServerApp", {})
@@ -119,7 +121,63 @@ def server_config(spec: ServerSpec, kind: ServerKind) -> dict:
     else:
         # 1.23 silently skips the 2.x sections: these must be on ServerApp there
         app.update(allow_password_change=False)
+    if access is not None:
+        _access_config(config, major, access)
     return config
+
+
+def _access_config(config: dict, major: int, access) -> None:
+    """Auth and TLS. Behind a reverse proxy on this host the server sees the proxy's Host header:
+    `allow_remote_access` lets it through (auth is always on, so the Host check that guards
+    auth-less servers against DNS rebinding is not needed), `trust_xheaders` takes the client's
+    address and scheme from X-Forwarded-*."""
+    app = config["ServerApp"]
+    app.update(allow_remote_access=True, trust_xheaders=True)
+    auth = config.setdefault("PasswordIdentityProvider", {}) if major >= 2 else app
+    hash_key = "hashed_password" if major >= 2 else "password"
+    auth.pop(hash_key, None)  # the password hash only ever comes from the user's own file
+    if access.password_file is None:
+        auth[hash_key] = ""
+    if access.token_file is None:
+        auth["token"] = ""  # password only: no token, none generated either
+    for key in ("certfile", "keyfile"):
+        app.pop(key, None)
+    if access.certfile:
+        app.update(certfile=access.certfile, keyfile=access.keyfile)
+    if access.cookie_secret_file:  # notebookd's, so a token rotation or a new password logs browsers out
+        app["cookie_secret_file"] = access.cookie_secret_file
+
+
+def password_loader(major: int, path: str) -> str:
+    """Python config that reads the hash from `path` (0400, the user's). It exits rather than start a
+    server without its password: jupyter would only log a failing config file and run without auth."""
+    target = "c.PasswordIdentityProvider.hashed_password" if major >= 2 else "c.ServerApp.password"
+    return (
+        "# Written by notebookd: the password hash, from a file only this server's user can read.\n"
+        f"_path = {path!r}\n"
+        "try:\n"
+        "    with open(_path, encoding='ascii') as _fh:\n"
+        "        _hash = _fh.read().strip()\n"
+        "except OSError as _exc:\n"
+        "    raise SystemExit(f'notebookd: cannot read the password hash {_path}: {_exc}')\n"
+        "if not _hash.startswith('argon2:'):\n"
+        "    raise SystemExit(f'notebookd: {_path} holds no argon2 hash')\n"
+        f"{target} = _hash\n"
+    )
+
+
+def write_config(path: str, spec: ServerSpec, kind: ServerKind, access, uid: int, gid: int) -> None:
+    """The JSON config at `path` and, when the server takes a password, the loader beside it
+    (both 0640, owner `uid`, group `gid`: readable by the user, changeable only by root)."""
+    write_atomic(path, json.dumps(server_config(spec, kind, access), indent=1).encode(), 0o640, uid, gid)
+    loader = os.path.join(os.path.dirname(path), "jupyter_server_config.py")
+    if access is not None and access.password_file:
+        write_atomic(loader, password_loader(kind.major, access.password_file).encode(), 0o640, uid, gid)
+    else:
+        try:
+            os.unlink(loader)
+        except FileNotFoundError:
+            pass
 
 
 def argv(spec: ServerSpec, config_path: str, words: list[str]) -> list[str]:
@@ -132,7 +190,7 @@ def _flag_value(value: object) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
 
 
-def environment(spec: ServerSpec, files: dict[str, str], marker: str) -> dict[str, str]:
+def environment(spec: ServerSpec, files: dict[str, str], marker: str, access=None) -> dict[str, str]:
     """A clean environment: nothing of the daemon's own leaks to the user's server."""
     acc = spec.account
     lab = os.path.join(acc.home, ".jupyter", "lab")
@@ -158,4 +216,10 @@ def environment(spec: ServerSpec, files: dict[str, str], marker: str) -> dict[st
         # inherited by kernels, which start their own sessions: how a stop finds every process
         "NOTEBOOKD_SERVER": marker,
     }
+    if access is not None and access.token_file is None:
+        del env["JUPYTER_TOKEN_FILE"]  # password only
+    elif access is not None:
+        env["JUPYTER_TOKEN_FILE"] = access.token_file
+    if files.get("share"):  # shared kernels (kernelspecs.py) first, then the admin's JUPYTER_PATH
+        env["JUPYTER_PATH"] = os.pathsep.join(p for p in (files["share"], env.get("JUPYTER_PATH")) if p)
     return env

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 
-from notebookd.config import Health, Limits, Logs, Restart, ServerSettings
+from notebookd.config import TLS, Health, Limits, Logs, Restart, ServerSettings
 
 
 class ServerState(enum.Enum):
@@ -74,6 +74,7 @@ class ServerSpec:
     health: Health
     logs: Logs
     limits: Limits = Limits()  # enforced by the systemd backend only
+    tls: TLS = TLS()  # the server speaks https itself unless tls.mode is off
 
     @property
     def name(self) -> str:
@@ -85,7 +86,8 @@ class ServerSpec:
             host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}{self.base_url}"
+        scheme = "https" if self.tls.enabled else "http"
+        return f"{scheme}://{host}:{self.port}{self.base_url}"
 
 
 @dataclass

@@ -143,7 +143,8 @@ def test_listen_ports(ports, expected):
 @pytest.mark.parametrize("ip, expected", [("0.0.0.0", "0.0.0.0"), ("'::1'", "::1"), ("'::'", "::"),
                                           ("'0:0:0:0:0:0:0:1'", "::1")])
 def test_listen_ip_is_normalised(ip, expected):
-    assert load(f"listen: {{ip: {ip}}}").listen.ip == expected
+    # non-loopback without TLS needs allow_insecure (test_access_config.py)
+    assert load(f"listen: {{ip: {ip}, allow_insecure: true}}").listen.ip == expected
 
 
 def test_command_as_text_or_list():
@@ -440,7 +441,7 @@ def test_recursive_alias(text, expected):
     ("users: [alice, bob]\n", "1: users: expected a mapping, got a list"),
     ("users:\n  alice: 8888\n", "2: users.alice: expected a mapping, got int"),
     ("a: &x {b: 1}\nc: {<<: *x}\n", "2: c: keys must be plain names"),
-    ("server: {port: 1}\n", "1: server.port: unknown key (known: args, base_url, command, env, frame_ancestors, "
+    ("server: {port: 1}\n", "1: server.port: unknown key (known: args, auth, base_url, command, env, frame_ancestors, "
                             "jupyter_config, path, root_dir, start_timeout, stop_timeout)"),
 ])
 def test_other_errors(text, expected):

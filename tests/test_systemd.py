@@ -45,6 +45,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
 def test_an_instance_with_notebookd_drop_in_passes_verify(tmp_path, users):
     """The drop-in notebookd writes, on top of the template, for a real user."""
     from notebookd import config, desired, launch
+    from notebookd.access import Access
     from notebookd.backends import systemd
     from notebookd.tokens import TokenStore
 
@@ -54,7 +55,7 @@ def test_an_instance_with_notebookd_drop_in_passes_verify(tmp_path, users):
     cfg = config.Config(file="x", limits=config.Limits(memory_max=2**30, cpu_quota=150))
     spec = desired.spec_for(cfg, cfg.entry_for(user.pw_name), desired.account(user.pw_name), 8800)
     tokens = TokenStore(str(tmp_path / "state"))
-    run = launch.prepare(spec, str(tmp_path / "run"), tokens, token_file=systemd.TOKEN_FILE,
+    run = launch.prepare(spec, str(tmp_path / "run"), Access(str(tmp_path / "state"), tokens), token_file=systemd.TOKEN_FILE,
                          runtime_dir=f"/run/notebookd-user/{user.pw_name}")
     text = systemd.dropin(spec, run, os.path.join(tokens.dir, user.pw_name))
     assert tokens.get(user.pw_name) not in text

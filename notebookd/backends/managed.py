@@ -27,6 +27,7 @@ from typing import Protocol
 import psutil
 
 from notebookd import launch, procs
+from notebookd.access import Access, NotReady
 from notebookd.backends.base import BackendError
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerSpec, ServerStatus
@@ -58,7 +59,7 @@ class Manager(Protocol):
     async def open(self) -> set[str]:
         """Connect; return the servers it already has (left running by an earlier daemon)."""
 
-    async def install(self, spec: ServerSpec, tokens: TokenStore) -> bool:
+    async def install(self, spec: ServerSpec, access: Access) -> bool:
         """Write the server's definition; True if it changed (a running server must restart)."""
 
     async def uninstall(self, name: str) -> None:
@@ -104,12 +105,13 @@ class Server:
 
 
 class ManagedBackend:
-    def __init__(self, manager: Manager, run_dir: str, tokens: TokenStore, on_change=lambda: None,
+    def __init__(self, manager: Manager, run_dir: str, state_dir: str, tokens: TokenStore, on_change=lambda: None,
                  poll: float = 1.0):
         self.manager = manager
         self.name = manager.name
         self.run_dir = run_dir
         self.tokens = tokens
+        self.access = Access(state_dir, tokens)  # the daemon reaches it too (sessions, certificates)
         self.changed = on_change
         self.poll = poll
         self.servers: dict[str, Server] = {}
@@ -139,7 +141,7 @@ class ManagedBackend:
         server = server or self.servers.setdefault(spec.name, Server(spec.name, spec))
         async with self._busy(server):
             server.spec, server.wanted = spec, True
-            changed = await self.manager.install(spec, self.tokens)
+            changed = await self.manager.install(spec, self.access)
             if changed and server.obs.state not in ("stopped", "gave_up"):
                 log.info("%s: definition changed, restarting it", spec.name)
                 await self._stop_now(server)
@@ -167,7 +169,7 @@ class ManagedBackend:
             await self._stop_now(server)
             server.spec = spec
             server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
-            await self.manager.install(spec, self.tokens)
+            await self.manager.install(spec, self.access)
             await self.manager.start(spec.name)
             server.retry_at = 0.0
         await self._look_safely()
@@ -224,8 +226,8 @@ class ManagedBackend:
         server.busy += 1
         try:
             yield
-        except (BackendError, OSError) as exc:  # OSError: its files (a full disk), its command not found
-            server.last_error = str(exc) if isinstance(exc, BackendError) else f"cannot prepare the server: {exc}"
+        except (BackendError, OSError, NotReady) as exc:  # OSError: its files (a full disk), command not found
+            server.last_error = str(exc) if not isinstance(exc, OSError) else f"cannot prepare the server: {exc}"
             if isinstance(exc, FileNotFoundError) and exc.filename is None:
                 server.last_error = str(exc)  # jupyter.command: "command 'x' not found in PATH ..."
             log.error("%s: %s", server.name, server.last_error)
@@ -328,7 +330,7 @@ class ManagedBackend:
             if not s.retry_at:
                 log.warning("%s: stopped outside notebookd (or its manager restarted); starting it again", s.name)
             async with self._busy(s):
-                await self.manager.install(s.spec, self.tokens)
+                await self.manager.install(s.spec, self.access)
                 await self.manager.start(s.name)
                 s.retry_at = 0.0
         elif obs.state == "gave_up":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import pwd
@@ -18,6 +17,7 @@ import subprocess
 import time
 
 from notebookd import jupyter, procs
+from notebookd.access import Access, NotReady
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
@@ -200,7 +200,7 @@ class NativeServer:
                     return "stop"
                 if self._exit.done():
                     return self._exit_reason("before it was ready")
-                status = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=5)
+                status = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=5, tls=spec.tls.enabled)
                 if status == 200:
                     return "ready"
                 if time.monotonic() > deadline:
@@ -219,7 +219,8 @@ class NativeServer:
                     return None
                 if self._exit.done():
                     return self._exit_reason("")
-                status = await http_status(self.spec.ip, self.spec.port, self.spec.base_url + "api", health.timeout)
+                status = await http_status(self.spec.ip, self.spec.port, self.spec.base_url + "api", health.timeout,
+                                           tls=self.spec.tls.enabled)
                 if status == 200:
                     self.health_failures = 0
                     continue
@@ -262,12 +263,14 @@ class NativeServer:
             raise SpawnError(str(exc)) from None
 
         files = self.host.server_files(spec)
-        write_atomic(files["config"], json.dumps(jupyter.server_config(spec, jupyter.server_kind(words)),
-                                                 indent=1).encode(), 0o640, self.host.root_uid, acc.gid)
-        write_atomic(files["token"], self.host.tokens.get(acc.name).encode(), 0o400, acc.uid, acc.gid)
+        try:  # token, password hash, TLS key: each readable by this user only (access.py)
+            access = self.host.access.install(spec, os.path.dirname(files["config"]), self.host.root_uid)
+        except NotReady as exc:
+            raise SpawnError(str(exc)) from None
+        jupyter.write_config(files["config"], spec, jupyter.server_kind(words), access, self.host.root_uid, acc.gid)
         ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
         argv = jupyter.argv(spec, files["config"], words)
-        env = jupyter.environment(spec, files, self.marker)
+        env = jupyter.environment(spec, files, self.marker, access)
         identity = {}
         if self.host.system:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
@@ -328,6 +331,7 @@ class NativeBackend:
         self.records = RecordBook(state_dir)
         self.leftovers: dict[str, Record] = {}
         self.detaching = False  # the daemon exits for an upgrade and leaves every server running
+        self.access = Access(state_dir, tokens)
         self.servers: dict[str, NativeServer] = {}
         self.start_slots = asyncio.Semaphore(max_parallel_starts or os.cpu_count() or 2)
         self.changed = on_change
@@ -356,6 +360,7 @@ class NativeBackend:
             "config": os.path.join(base, "jupyter_server_config.json"),
             "token": os.path.join(base, "token"),
             "runtime": os.path.join(base, "runtime"),
+            "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
         }
 
     def log_pipe(self, spec: ServerSpec) -> LogPipe:

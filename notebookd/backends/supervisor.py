@@ -18,6 +18,7 @@ import shlex
 import time
 
 from notebookd import launch
+from notebookd.access import Access
 from notebookd.backends import xmlrpc
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
@@ -144,8 +145,8 @@ class SupervisorManager:
             await self._call("addProcessGroup", group, ok=(ALREADY_ADDED,))
         return {g[len(PREFIX):] for g in ours(added) + ours(changed)}
 
-    async def install(self, spec: ServerSpec, tokens: TokenStore) -> bool:
-        run = launch.prepare(spec, self.run_dir, tokens)
+    async def install(self, spec: ServerSpec, access: Access) -> bool:
+        run = launch.prepare(spec, self.run_dir, access)
         # supervisord creates and rotates the log files itself, mode 0644: a 0750 directory per user
         # (root, the user's group) keeps them from other users
         logdir = os.path.join(spec.logs.dir, spec.name)
@@ -203,4 +204,4 @@ class SupervisorManager:
 
 
 def backend(config, run_dir: str, tokens: TokenStore, on_change) -> ManagedBackend:
-    return ManagedBackend(SupervisorManager(config.supervisor, run_dir), run_dir, tokens, on_change)
+    return ManagedBackend(SupervisorManager(config.supervisor, run_dir), run_dir, config.state_dir, tokens, on_change)

@@ -19,6 +19,7 @@ import shutil
 import time
 
 from notebookd import launch
+from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
 from notebookd.fsutil import write_atomic
@@ -179,12 +180,12 @@ class SystemdManager:
                     found.add(m.group(1))
         return found
 
-    async def install(self, spec: ServerSpec, tokens: TokenStore) -> bool:
-        tokens.get(spec.name)  # make sure the credential's source exists
-        run = launch.prepare(spec, self.run_dir, tokens, token_file=TOKEN_FILE,
+    async def install(self, spec: ServerSpec, access: Access) -> bool:
+        access.tokens.get(spec.name)  # make sure the credential's source exists
+        run = launch.prepare(spec, self.run_dir, access, token_file=TOKEN_FILE,
                              runtime_dir=f"/run/notebookd-user/{spec.name}")
         assert run.env[MARKER_VAR] == run.marker
-        text = dropin(spec, run, os.path.join(tokens.dir, spec.name))
+        text = dropin(spec, run, os.path.join(access.tokens.dir, spec.name))
         path = dropin_path(spec.name)
         async with self._lock:
             try:
@@ -269,4 +270,4 @@ class SystemdManager:
 
 
 def backend(config, run_dir: str, tokens: TokenStore, on_change) -> ManagedBackend:
-    return ManagedBackend(SystemdManager(run_dir, config.state_dir), run_dir, tokens, on_change)
+    return ManagedBackend(SystemdManager(run_dir, config.state_dir), run_dir, config.state_dir, tokens, on_change)

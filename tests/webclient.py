@@ -1,0 +1,117 @@
+"""Clients for the access tests: nginx started on loopback, the kernel protocol over a WebSocket.
+
+Real parts only: apt's nginx with the config notebookd renders, and the messages JupyterLab sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import textwrap
+import uuid
+
+from conftest import http
+
+NGINX = "/usr/sbin/nginx"
+
+
+def start_nginx(base: str, site: str) -> subprocess.Popen:
+    """nginx from apt with `site` in its http {} context; files, pid and logs under `base`."""
+    conf = os.path.join(base, "nginx.conf")
+    with open(os.path.join(base, "notebookd-nginx.conf"), "w") as fh:
+        fh.write(site)
+    temp = os.path.join(base, "nginx-temp")
+    os.makedirs(temp, exist_ok=True)
+    with open(conf, "w") as fh:
+        fh.write(textwrap.dedent(f"""\
+            worker_processes 1;
+            error_log {base}/nginx-error.log info;
+            events {{ worker_connections 256; }}
+            http {{
+                access_log {base}/nginx-access.log;
+                client_body_temp_path {temp}/body;
+                proxy_temp_path {temp}/proxy;
+                fastcgi_temp_path {temp}/fastcgi;
+                uwsgi_temp_path {temp}/uwsgi;
+                scgi_temp_path {temp}/scgi;
+                include {base}/notebookd-nginx.conf;
+            }}
+            """))
+    check = subprocess.run([NGINX, "-t", "-c", conf, "-e", f"{base}/nginx-error.log",
+                            "-g", f"daemon off; pid {base}/nginx.pid;"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    return subprocess.Popen([NGINX, "-c", conf, "-e", f"{base}/nginx-error.log",
+                             "-g", f"daemon off; pid {base}/nginx.pid;"])
+
+
+def https(url: str, token: str | None = None, cafile: str | None = None, method: str = "GET",
+          body: bytes | None = None, server_hostname: str | None = None) -> tuple[int, bytes, dict]:
+    """conftest.http, but over TLS verified against `cafile` (for http:// URLs: conftest.http)."""
+    if not url.startswith("https:"):
+        return http(url, token, method=method, body=body)
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    req = urllib.request.Request(url, method=method, data=body)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=20, context=ctx) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+async def execute(ws_url: str, token: str | None, code: str, origin: str | None, cookie: str | None = None,
+                  cafile: str | None = None) -> str:
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    headers = {}
+    if token:
+        headers["Authorization"] = f"token {token}"
+    if origin:
+        headers["Origin"] = origin
+    if cookie:
+        headers["Cookie"] = cookie
+    conn = await websocket_connect(HTTPRequest(ws_url, headers=headers, request_timeout=30, ca_certs=cafile))
+    session, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
+    conn.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": session, "msg_type": "execute_request",
+                   "version": "5.3", "date": "2026-01-01T00:00:00Z"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    try:
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), 90)
+            assert raw is not None, "the kernel channel closed"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_result":
+                return msg["content"]["data"]["text/plain"]
+            if msg["msg_type"] == "error":
+                raise AssertionError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+    finally:
+        conn.close()
+
+
+def run_code(base: str, token: str, code: str, kernel_name: str | None = None, origin: str | None = None,
+             cafile: str | None = None) -> str:
+    """Start a kernel over REST at `base`, run `code` over its channels WebSocket, return the result.
+    https:// bases are verified against `cafile`."""
+    body = json.dumps({"name": kernel_name} if kernel_name else {}).encode()
+    status, answer, _ = https(base + "api/kernels", token, cafile, method="POST", body=body)
+    assert status == 201, answer
+    kernel = json.loads(answer)["id"]
+    try:
+        ws = base.replace("http", "ws", 1) + f"api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
+        return asyncio.run(execute(ws, token, code, origin, cafile=cafile))
+    finally:
+        https(base + f"api/kernels/{kernel}", token, cafile, method="DELETE")
