@@ -180,3 +180,31 @@ def test_a_server_that_cannot_be_prepared_is_an_error_for_that_user_only(lab):
     lab.set_users({n: "{}" for n in lab.names.values()})
     assert lab.reload().returncode == 0
     lab.wait_state(alice, "running", 90)
+
+
+def test_servers_speak_tls_under_supervisord_too(lab):
+    """access.py's files (TLS key, cookie secret) reach a supervisord-run server; the probe speaks https."""
+    plain = lab.extra
+    lab.extra = plain + "\ntls: {mode: self-signed}"
+    lab.set_users({n: "{}" for n in lab.names.values()})
+    try:
+        assert lab.reload().returncode == 0
+        alice = lab.names["alice"]
+        row = wait_for(lambda: (r := lab.rows()[alice])["url"].startswith("https://") and r["state"] == "running"
+                       and r, 90, what="alice running with TLS")
+        import ssl
+        import urllib.request
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        req = urllib.request.Request(row["url"] + "api/kernels", headers={"Authorization": f"token {lab.token(alice)}"})
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            assert resp.status == 200
+        key = os.path.join(lab.base, "run", "servers", alice, "tls.key")
+        st = os.stat(key)
+        assert stat.S_IMODE(st.st_mode) == 0o400 and st.st_uid == __import__("pwd").getpwnam(alice).pw_uid
+    finally:
+        lab.extra = plain
+        lab.set_users({n: "{}" for n in lab.names.values()})
+        assert lab.reload().returncode == 0
+        lab.wait_all_running()

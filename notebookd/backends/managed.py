@@ -354,7 +354,7 @@ class ManagedBackend:
     async def _probe(self, s: Server, now: float) -> None:
         spec = s.spec
         if s.ready_pid != s.obs.pid:
-            code = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=2)
+            code = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=2, tls=spec.tls.enabled)
             if code == 200:
                 s.ready_pid, s.started, s.last_error = s.obs.pid, min(now, s.obs.since or now), None
                 s.next_probe = now + spec.health.interval
@@ -366,7 +366,7 @@ class ManagedBackend:
         if now < s.next_probe or s.busy:
             return
         s.next_probe = now + spec.health.interval
-        code = await http_status(spec.ip, spec.port, spec.base_url + "api", spec.health.timeout)
+        code = await http_status(spec.ip, spec.port, spec.base_url + "api", spec.health.timeout, tls=spec.tls.enabled)
         if code == 200:
             s.health_failures = 0
             return
