@@ -55,7 +55,8 @@ def test_an_instance_with_notebookd_drop_in_passes_verify(tmp_path, users):
     cfg = config.Config(file="x", limits=config.Limits(memory_max=2**30, cpu_quota=150))
     spec = desired.spec_for(cfg, cfg.entry_for(user.pw_name), desired.account(user.pw_name), 8800)
     tokens = TokenStore(str(tmp_path / "state"))
-    run = launch.prepare(spec, str(tmp_path / "run"), Access(str(tmp_path / "state"), tokens), token_file=systemd.TOKEN_FILE,
+    access = Access(str(tmp_path / "state"), tokens)
+    run = launch.prepare(spec, str(tmp_path / "run"), access, token_file=systemd.TOKEN_FILE,
                          runtime_dir=f"/run/notebookd-user/{user.pw_name}")
     text = systemd.dropin(spec, run, os.path.join(tokens.dir, user.pw_name))
     assert tokens.get(user.pw_name) not in text
@@ -64,7 +65,8 @@ def test_an_instance_with_notebookd_drop_in_passes_verify(tmp_path, users):
     with open(os.path.join(units, f"notebookd-user@{user.pw_name}.service.d", systemd.DROPIN_NAME), "w") as fh:
         fh.write(text)
     out = subprocess.run(["systemd-analyze", "verify", os.path.join(units, f"notebookd-user@{user.pw_name}.service")],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SYSTEMD_UNIT_PATH": units + ":"})
+                         capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "SYSTEMD_UNIT_PATH": units + ":"})
     assert out.returncode == 0 and out.stderr == "", out.stderr
 
 
@@ -110,8 +112,9 @@ def test_notebookd_is_active_only_once_it_said_ready(box):
     for name in rows:
         state = c.run("systemctl", "show", "-p", "ActiveState", "--value", f"notebookd-user@{name}.service")
         assert state.stdout.strip() in ("active", "activating"), state.stdout
-    show = dict(line.split("=", 1) for line in c.run("systemctl", "show", "notebookd", "-p",
-                                                     "ActiveState,Type,WatchdogUSec,StatusText,KillMode").stdout.split("\n") if "=" in line)
+    props = "ActiveState,Type,WatchdogUSec,StatusText,KillMode"
+    show = dict(line.split("=", 1) for line in c.run("systemctl", "show", "notebookd", "-p", props).stdout.splitlines()
+                if "=" in line)
     assert show["ActiveState"] == "active" and show["Type"] == "notify" and show["KillMode"] == "process"
     assert show["WatchdogUSec"] == "1min"
     assert re.search(r"\d+ (running|starting)", show["StatusText"]), show
@@ -215,7 +218,8 @@ def test_a_removed_user_loses_unit_and_drop_in(box):
     box.set_users({alice: "{}"})
     assert box.reload().returncode == 0
     wait_for(lambda: bob not in box.rows(), 30, what="bob gone")
-    assert box.c.run("systemctl", "is-active", f"notebookd-user@{bob}.service", check=False).stdout.strip() == "inactive"
+    state = box.c.run("systemctl", "is-active", f"notebookd-user@{bob}.service", check=False).stdout.strip()
+    assert state == "inactive"
     assert box.c.run("test", "-e", f"/run/systemd/system/notebookd-user@{bob}.service.d", check=False).returncode == 1
     assert box.user_pids(bob) == []
 

@@ -23,7 +23,8 @@ async def call(socket_path: str, method: str, *params, timeout: float = 60.0):
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket_path), 10)
     except (OSError, asyncio.TimeoutError) as exc:
-        raise RPCError(f"cannot connect to {socket_path}: {getattr(exc, 'strerror', None) or exc or 'timeout'}") from None
+        why = getattr(exc, "strerror", None) or exc or "timeout"
+        raise RPCError(f"cannot connect to {socket_path}: {why}") from None
     try:
         writer.write(head + body)
         await writer.drain()
