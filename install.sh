@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install notebookd from this checkout into a venv made from Debian's /usr/bin/python3.
 #   as root:  /opt/notebookd, /usr/local/bin/notebookd, /etc/notebookd/notebookd.yaml (kept if present),
-#             and the systemd unit (not enabled: `systemctl enable --now notebookd` when ready)
+#             and the systemd units (not enabled: `systemctl enable --now notebookd` when ready)
 #   as a user: ~/.local/share/notebookd/venv and ~/.local/bin/notebookd; nothing outside your home
 # --run: then run the daemon in the foreground (root: every configured user; a user: your own server)
 set -eu
@@ -42,6 +42,8 @@ if [ "$(id -u)" -eq 0 ]; then
     fi
     if [ -d /etc/systemd/system ]; then
         sed "s|/usr/bin/notebookd|$bin/notebookd|" "$here/units/notebookd.service" > /etc/systemd/system/notebookd.service
+        # the per-user template of `backend: systemd` (unused, and harmless, with the other backends)
+        install -m 0644 "$here/units/notebookd-user@.service" /etc/systemd/system/notebookd-user@.service
         systemctl daemon-reload 2>/dev/null || true
     fi
 fi

@@ -41,6 +41,7 @@ def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
             jupyter.command(spec)
         except FileNotFoundError as exc:
             errors.append(f"{where(entry)}: {exc}")
+    errors += _backend_problems(config)
     low, high = config.listen.ports
     free = sum(1 for p in range(low, high + 1) if p not in explicit)
     if auto > free:
@@ -49,6 +50,30 @@ def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
     notes.append(f"{len(users)} user(s), backend {config.backend}, "
                  f"{len(explicit)} explicit port(s), {auto} automatic from {low}-{high}")
     return errors, notes
+
+
+def _backend_problems(config: Config) -> list[str]:
+    """What the chosen backend needs on this machine (the daemon checks it again when it starts)."""
+    import stat
+
+    where = f"{config.file}: backend {config.backend}"
+    if config.backend == "supervisor":
+        problems = []
+        try:
+            if not stat.S_ISSOCK(os.stat(config.supervisor.socket).st_mode):
+                problems.append(f"{where}: supervisor.socket {config.supervisor.socket} is not a socket")
+        except OSError:
+            problems.append(f"{where}: supervisor.socket {config.supervisor.socket} does not exist (is supervisord running?)")
+        if not os.path.isdir(config.supervisor.conf_d):
+            problems.append(f"{where}: supervisor.conf_d {config.supervisor.conf_d} is not a directory")
+        return problems
+    if config.backend == "systemd":
+        from notebookd.backends.systemd import TEMPLATE
+
+        dirs = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+        if not any(os.path.exists(os.path.join(d, TEMPLATE)) for d in dirs):
+            return [f"{where}: {TEMPLATE} is not installed (copy units/{TEMPLATE} to /etc/systemd/system)"]
+    return []
 
 
 def access_problems(config: Config) -> list[str]:

@@ -215,7 +215,11 @@ def cmd_url(args) -> int:
 
 def cmd_logs(args) -> int:
     users = [args.user] if args.user else []
-    path = next(iter(_ask(args, "logs", users=users)["paths"].values()), None)
+    data = _ask(args, "logs", users=users)
+    unit = next(iter((data.get("journal") or {}).values()), None)
+    if unit:
+        return _journal(unit, args)
+    path = next(iter(data["paths"].values()), None)
     if not path:
         raise CliError("no log for that server yet")
     try:
@@ -229,6 +233,18 @@ def cmd_logs(args) -> int:
         if args.follow:
             _follow(fh, path, out)
     return EXIT_OK
+
+
+def _journal(unit: str, args) -> int:
+    """The systemd backend's logs are in the journal: journalctl shows them (a user can read their
+    own server's lines where journald keeps per-user journal files, its default with persistent storage)."""
+    argv = ["journalctl", "--unit", unit, "--output", "cat", "--lines", str(max(args.lines, 0)), "--no-pager"]
+    if args.follow:
+        argv.append("--follow")
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise CliError(f"cannot run journalctl: {exc.strerror}") from None
 
 
 def _tail(fh, n: int) -> list[bytes]:

@@ -20,7 +20,7 @@ from notebookd.paths import Layout
 from notebookd.units import parse_duration, parse_size
 from notebookd.yamlsource import ConfigError, Located, parse
 
-BACKENDS = ("native",)
+BACKENDS = ("native", "supervisor", "systemd")
 USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 
@@ -112,6 +112,25 @@ class Logs:
 
 
 @dataclass(frozen=True)
+class Supervisor:
+    """Where the supervisord that runs the servers listens and reads its program files."""
+
+    socket: str = "/run/supervisor.sock"  # Debian's supervisord: unix_http_server file
+    conf_d: str = "/etc/supervisor/conf.d"  # a directory its [include] files= reads
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits per server (systemd backend: MemoryMax=, CPUQuota= of its unit)."""
+
+    memory_max: int | None = None  # bytes; None: no limit
+    cpu_quota: int | None = None  # percent of one CPU (200: two cores); None: no limit
+
+    def __bool__(self) -> bool:
+        return self.memory_max is not None or self.cpu_quota is not None
+
+
+@dataclass(frozen=True)
 class UserEntry:
     name: str
     line: int | None  # where it was listed; None for members of `groups`
@@ -134,6 +153,8 @@ class Config:
     restart: Restart = Restart()
     health: Health = Health()
     logs: Logs = Logs()
+    supervisor: Supervisor = Supervisor()
+    limits: Limits = Limits()
     state_dir: str = ""
     groups: tuple[GroupEntry, ...] = ()
     users: tuple[UserEntry, ...] = ()
@@ -301,6 +322,21 @@ def _mapping(item: Located) -> dict[str, Located]:
     return item.value
 
 
+def _optional(read: Callable[[Located], Any]) -> Callable[[Located], Any]:
+    """`read`, or None for an empty value (`memory_max:` or `memory_max: null`: no limit)."""
+    def wrapped(item: Located) -> Any:
+        return None if item.value is None else read(item)
+    return wrapped
+
+
+def _percent(item: Located) -> int:
+    _scalar(item)
+    m = re.fullmatch(r"\s*(\d+)\s*%\s*", str(item.value))
+    if isinstance(item.value, bool) or not m or not 1 <= int(m.group(1)) <= 100000:
+        raise item.error(f"{item.value!r} is not a CPU quota (e.g. 50%, 200% for two cores)")
+    return int(m.group(1))
+
+
 def _positive_duration(item: Located) -> float:
     seconds = _duration(item)
     if seconds <= 0:
@@ -341,8 +377,8 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
 }
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
-_TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "state_dir", "groups", "users",
-             "tls", "proxy", "kernels")
+_TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "supervisor", "limits", "state_dir",
+             "groups", "users", "tls", "proxy", "kernels")
 
 
 def _positive(item_key: str, value: float, section: _Section) -> None:
@@ -431,6 +467,18 @@ def from_document(root: Located, layout: Layout) -> Config:
         if "max_size" in sec.keys and logs.max_size < 4096:
             raise sec.keys["max_size"].error("must be at least 4KiB")
 
+    supervisor = Supervisor()
+    if "supervisor" in keys:
+        sec = _Section(keys["supervisor"], {"socket": _absolute, "conf_d": _absolute})
+        supervisor = replace(supervisor, **sec.values())
+
+    limits = Limits()
+    if "limits" in keys:
+        sec = _Section(keys["limits"], {"memory_max": _optional(_size), "cpu_quota": _optional(_percent)})
+        limits = replace(limits, **sec.values())
+        if limits.memory_max is not None and limits.memory_max < 16 * 2**20:
+            raise sec.keys["memory_max"].error("must be at least 16MiB (a jupyter server alone needs more)")
+
     state_dir = _absolute(keys["state_dir"]) if "state_dir" in keys else layout.state_dir
 
     groups: list[GroupEntry] = []
@@ -461,7 +509,7 @@ def from_document(root: Located, layout: Layout) -> Config:
 
     return Config(
         file=file, backend=backend, listen=listen, server=server, restart=restart, health=health,
-        logs=logs, state_dir=state_dir, groups=tuple(groups), users=tuple(users),
+        logs=logs, supervisor=supervisor, limits=limits, state_dir=state_dir, groups=tuple(groups), users=tuple(users),
         tls=tls, proxy=proxy, kernels=kernels,
     )
 

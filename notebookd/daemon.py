@@ -17,7 +17,8 @@ from collections import Counter
 
 from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, kernelspecs, reconcile
 from notebookd.access import uses_password, uses_token
-from notebookd.backends.native import NativeBackend
+from notebookd.backends import factory
+from notebookd.backends.base import Backend, BackendError
 from notebookd.control import Peer, Refused, serve
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerStatus
@@ -44,7 +45,7 @@ class Daemon:
         self.lock = asyncio.Lock()
         self.started = time.time()
         self.last_reload: dict = {"ok": True, "at": None, "error": None}
-        self.backend: NativeBackend | None = None
+        self.backend: Backend | None = None
         self._status_pending = False
 
     # -- lifecycle --
@@ -57,9 +58,12 @@ class Daemon:
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
         self.passwords = PasswordStore(self.config.state_dir)
-        self.backend = NativeBackend(self.layout.run_dir, self.config.state_dir, self.layout.system, self.tokens,
-                                     on_change=self._changed)
-        await self.backend.open()
+        try:
+            self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
+            await self.backend.open()
+        except BackendError as exc:
+            log.error("backend %s: %s", self.config.backend, exc)
+            return 1
         control = await serve(self.layout.socket, self.handle)
         async with self.lock:
             await self._reconcile()
@@ -127,6 +131,12 @@ class Daemon:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self._summary())
             raise Refused(f"reload failed, running config kept: {exc}") from None
+        if (new.backend, new.supervisor) != (self.config.backend, self.config.supervisor):
+            error = f"{new.file}: backend: and supervisor: take effect only when notebookd is restarted"
+            self.last_reload = {"ok": False, "at": time.time(), "error": error}
+            log.error("reload failed, keeping the running config: %s", error)
+            self.notifier.ready(self._summary())
+            raise Refused(f"reload failed, running config kept: {error}")
         async with self.lock:
             self.config = new
             await self._reconcile()
@@ -204,7 +214,9 @@ class Daemon:
                              if n in self.desired.specs}}
         if cmd == "logs":
             names = self._names(args, caller, default_all=False)
-            return {"paths": {n: self.backend.log_path(n) for n in names}}
+            journal = getattr(self.backend, "journal_unit", lambda n: None)
+            return {"paths": {n: self.backend.log_path(n) for n in names},
+                    "journal": {n: unit for n in names if (unit := journal(n))}}
         if cmd in ("start", "stop", "restart"):
             names = self._names(args, caller, default_all=False)
             missing = [n for n in names if n not in self.desired.specs]

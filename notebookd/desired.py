@@ -86,6 +86,8 @@ def build(config: Config, system: bool) -> Desired:
         if port is None:
             continue
         specs[name] = spec_for(config, by_name[name], acc, port)
+    if config.limits and config.backend != "systemd":
+        warnings.append(f"{config.file}: limits: only the systemd backend enforces them (backend is {config.backend})")
     return Desired(specs, problems, tuple(warnings))
 
 
@@ -104,5 +106,6 @@ def spec_for(config: Config, entry: UserEntry, acc: Account, port: int) -> Serve
         restart=config.restart,
         health=config.health,
         logs=config.logs,
+        limits=config.limits,
         tls=config.tls,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 
-from notebookd.config import TLS, Health, Logs, Restart, ServerSettings
+from notebookd.config import TLS, Health, Limits, Logs, Restart, ServerSettings
 
 
 class ServerState(enum.Enum):
@@ -73,6 +73,7 @@ class ServerSpec:
     restart: Restart
     health: Health
     logs: Logs
+    limits: Limits = Limits()  # enforced by the systemd backend only
     tls: TLS = TLS()  # the server speaks https itself unless tls.mode is off
 
     @property

@@ -46,3 +46,19 @@ def test_check_config_names_a_missing_user_with_its_line(tmp_path):
     out = run("--config", str(cfg), "check-config")
     assert out.returncode == 1
     assert out.stderr.strip() == f"notebookd: {cfg}:3: users.nosuchuser-nbt: no such user 'nosuchuser-nbt'"
+
+
+def test_check_config_names_what_the_backend_needs(tmp_path):
+    """supervisor: a socket and a conf.d that exist; one line each."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "n.yaml"
+    cfg.write_text(f"backend: supervisor\nsupervisor: {{socket: {tmp_path}/none.sock, conf_d: {tmp_path}/nodir}}\n"
+                   "users: {}\n")
+    out = subprocess.run([sys.executable, "-m", "notebookd", "--config", str(cfg), "check-config"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert any("none.sock does not exist (is supervisord running?)" in line for line in lines), out.stderr
+    assert any("nodir is not a directory" in line for line in lines), out.stderr

@@ -426,7 +426,7 @@ def test_recursive_alias(text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native)"),
+    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd)"),
     ("listen: {ip: localhost}\n", "1: listen.ip: 'localhost' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)"),
     ("listen: {ports: 9000-8000}\n", "1: listen.ports: range 9000-8000 is empty"),
     ("listen: {ports: 8800-70000}\n", "1: listen.ports: 70000 is not a valid port (1-65535)"),
@@ -745,3 +745,33 @@ def test_cli_relative_config_path_is_named_as_given(tmp_path):
     assert out.returncode == 1
     assert assert_one_line(out.stderr) == "notebookd: rel.yaml:1: servr: unknown key (did you mean 'server'?)"
 
+
+
+# ---- backends, supervisor:, limits: ----
+
+@pytest.mark.parametrize("name", ["native", "supervisor", "systemd"])
+def test_every_backend_is_accepted(name):
+    assert load(f"backend: {name}\n").backend == name
+
+
+def test_supervisor_and_limits_sections():
+    c = load("supervisor: {socket: /tmp/s.sock, conf_d: /tmp/conf.d}\nlimits: {memory_max: 2GiB, cpu_quota: 150%}\n")
+    assert c.supervisor == config.Supervisor(socket="/tmp/s.sock", conf_d="/tmp/conf.d")
+    assert c.limits == config.Limits(memory_max=2 * 2**30, cpu_quota=150) and c.limits
+    empty = load("limits: {memory_max: , cpu_quota: }\n").limits
+    assert empty == config.Limits() and not empty
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("supervisor: {socket: run/s.sock}\n", "1: supervisor.socket: 'run/s.sock' must be an absolute path"),
+    ("supervisor: {sock: /x}\n", "1: supervisor.sock: unknown key (did you mean 'socket'?)"),
+    ("limits: {cpu_quota: 2}\n", "1: limits.cpu_quota: 2 is not a CPU quota (e.g. 50%, 200% for two cores)"),
+    ("limits: {cpu_quota: 0%}\n", "1: limits.cpu_quota: '0%' is not a CPU quota (e.g. 50%, 200% for two cores)"),
+    ("limits: {memory_max: 1MiB}\n", "1: limits.memory_max: must be at least 16MiB (a jupyter server alone needs more)"),
+    ("limits: {memory_max: lots}\n", None),
+])
+def test_supervisor_and_limits_errors(text, expected):
+    message = error(text)
+    assert is_one_line(message) and message.startswith(FILE + ":1: ")
+    if expected:
+        assert message == f"{FILE}:{expected}"

@@ -23,6 +23,7 @@ def test_example_loads_to_the_defaults():
     assert loaded.restart == config.Restart() and loaded.health == config.Health()
     assert loaded.listen == config.Listen()
     assert loaded.logs == config.Logs(dir="/var/log/notebookd")
+    assert loaded.supervisor == config.Supervisor() and loaded.limits == config.Limits() and not loaded.limits
     assert loaded.state_dir == "/var/lib/notebookd" and loaded.users == () and loaded.groups == ()
     assert loaded.tls == config.TLS() and loaded.proxy == config.Proxy() and loaded.kernels == ()
 
@@ -32,7 +33,8 @@ def test_example_documents_every_key():
     documented = set(re.findall(r"^\s*#?\s*([a-z_]+):", text, re.M))
     sections = {
         "listen": config.Listen, "server": config.ServerSettings, "restart": config.Restart,
-        "health": config.Health, "logs": config.Logs, "tls": config.TLS, "proxy": config.Proxy,
+        "health": config.Health, "logs": config.Logs, "supervisor": config.Supervisor, "limits": config.Limits,
+        "tls": config.TLS, "proxy": config.Proxy,
     }
     declared = set(config._TOP_KEYS) | {"port"} | {"display_name", "argv", "python", "venv", "language", "env"}
     for cls in sections.values():

@@ -11,6 +11,10 @@ from typing import Protocol
 from notebookd.model import ServerSpec, ServerStatus
 
 
+class BackendError(Exception):
+    """The process manager behind a backend refused or could not be reached; one line saying why."""
+
+
 class Backend(Protocol):
     name: str
 
@@ -41,5 +45,10 @@ class Backend(Protocol):
     def log_path(self, name: str) -> str | None:
         """The current log file of the user's server, if the backend keeps files."""
 
+    # Optional: `journal_unit(name) -> str | None`, the systemd unit whose journal holds the log.
+
     async def close(self) -> None:
         """Stop every server in parallel and release everything (daemon shutdown)."""
+
+    async def detach(self) -> None:
+        """Release everything but leave every server running, for the next daemon to adopt (upgrades)."""

@@ -1,0 +1,432 @@
+"""A Backend on top of a process manager that keeps the servers alive itself (supervisord, systemd).
+
+The manager restarts crashed servers; this layer keeps what the manager cannot know: which servers
+notebookd wants up, whether a server answers HTTP (`running` means the same as with the native
+backend: `GET {base_url}api` is 200), failed health probes, kernels that a stop or a crash leaves
+behind, and a retry for servers the manager gave up on (never given up, as with the native backend).
+
+The manager's view is read every `poll` seconds (one call for all servers) and right after every
+action. `status()` only reads what the last look found, so it never blocks.
+
+A daemon shutdown stops the servers, as with the native backend; `detach()` (`notebookd shutdown
+--keep-servers`) or a crash leaves them running under their manager: a new daemon finds them
+(`Manager.open`), and starting a server whose definition did not change is a no-op there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psutil
+
+from notebookd import launch, procs
+from notebookd.access import Access, NotReady
+from notebookd.backends.base import BackendError
+from notebookd.fsutil import ensure_dir
+from notebookd.model import ServerSpec, ServerStatus
+from notebookd.ports import describe_holder, port_holder
+from notebookd.probe import http_status
+from notebookd.tokens import TokenStore
+
+log = logging.getLogger("notebookd")
+
+
+@dataclass
+class Observed:
+    """What the manager says about one server.
+
+    state: stopped | up (a process runs) | starting (the manager is starting it) | stopping |
+    backoff (waiting to restart it) | gave_up (supervisor FATAL, systemd failed)."""
+
+    state: str = "stopped"
+    pid: int | None = None
+    since: float | None = None
+    last_exit: str | None = None
+    error: str | None = None
+    memory: int | None = None
+
+
+class Manager(Protocol):
+    name: str
+
+    async def open(self) -> set[str]:
+        """Connect; return the servers it already has (left running by an earlier daemon)."""
+
+    async def install(self, spec: ServerSpec, access: Access) -> bool:
+        """Write the server's definition; True if it changed (a running server must restart)."""
+
+    async def uninstall(self, name: str) -> None:
+        """Drop the definition of a stopped server."""
+
+    async def start(self, name: str) -> None:
+        """Start it unless it runs; return once it is starting."""
+
+    async def stop(self, name: str) -> None:
+        """Stop it; return once its processes are gone."""
+
+    async def observe(self, names: list[str]) -> dict[str, Observed]:
+        """The state of these servers, in one call."""
+
+    def log_path(self, name: str) -> str | None: ...
+
+    def journal_unit(self, name: str) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Server:
+    name: str
+    spec: ServerSpec | None  # None: found running under the manager, not (yet) configured again
+    wanted: bool = False
+    busy: int = 0  # an action is under way: the poller leaves it alone
+    obs: Observed = field(default_factory=Observed)
+    state: str = "stopped"
+    since: float = field(default_factory=time.time)
+    last_pid: int | None = None
+    pid_seen: float = 0.0
+    ready_pid: int | None = None
+    started: float | None = None
+    restarts: int = 0
+    planned: bool = False  # the next new pid is one we asked for (not an automatic restart)
+    crashed: bool = False  # the last process went away unasked: its successor counts as a restart
+    last_error: str | None = None
+    health_failures: int = 0
+    next_probe: float = 0.0
+    gave_up_at: float | None = None
+    retry_at: float = 0.0  # after a failed install or start: when the poller tries again
+
+
+class ManagedBackend:
+    def __init__(self, manager: Manager, run_dir: str, state_dir: str, tokens: TokenStore, on_change=lambda: None,
+                 poll: float = 1.0):
+        self.manager = manager
+        self.name = manager.name
+        self.run_dir = run_dir
+        self.tokens = tokens
+        self.access = Access(state_dir, tokens)  # the daemon reaches it too (sessions, certificates)
+        self.changed = on_change
+        self.poll = poll
+        self.servers: dict[str, Server] = {}
+        self._task: asyncio.Task | None = None
+        self._look = asyncio.Lock()
+        self._memory_at = 0.0
+
+    # -- the Backend contract --
+    async def open(self) -> None:
+        ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
+        for name in await self.manager.open():
+            self.servers[name] = Server(name, None)
+            log.info("%s: found under %s, left by an earlier notebookd", name, self.name)
+        await self._look_once()
+        self._task = asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll")
+
+    def names(self) -> set[str]:
+        return set(self.servers)
+
+    def specs(self) -> dict[str, ServerSpec]:
+        return {n: s.spec for n, s in self.servers.items() if s.wanted and s.spec is not None}
+
+    async def start(self, spec: ServerSpec) -> None:
+        server = self.servers.get(spec.name)
+        if server is not None and server.spec is not None and server.spec != spec:
+            return await self.restart(spec)
+        server = server or self.servers.setdefault(spec.name, Server(spec.name, spec))
+        async with self._busy(server):
+            server.spec, server.wanted = spec, True
+            changed = await self.manager.install(spec, self.access)
+            if changed and server.obs.state not in ("stopped", "gave_up"):
+                log.info("%s: definition changed, restarting it", spec.name)
+                await self._stop_now(server)
+            if server.obs.state in ("stopped", "gave_up") or changed:
+                server.planned = True
+            await self.manager.start(spec.name)
+            server.retry_at = 0.0
+        await self._look_safely()
+
+    async def stop(self, name: str) -> None:
+        server = self.servers.get(name)
+        if server is None:
+            return
+        async with self._busy(server):
+            server.wanted = False
+            await self._stop_now(server)
+        await self._look_safely()
+
+    async def restart(self, spec: ServerSpec) -> None:
+        server = self.servers.get(spec.name)
+        if server is None:
+            return await self.start(spec)
+        async with self._busy(server):
+            server.wanted = False
+            await self._stop_now(server)
+            server.spec = spec
+            server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
+            await self.manager.install(spec, self.access)
+            await self.manager.start(spec.name)
+            server.retry_at = 0.0
+        await self._look_safely()
+
+    async def forget(self, name: str) -> None:
+        server = self.servers.get(name)
+        if server is None:
+            return
+        async with self._busy(server):
+            server.wanted = False
+            await self._stop_now(server)
+            await self.manager.uninstall(name)
+            self.servers.pop(name, None)
+        self.changed()
+
+    def status(self) -> dict[str, ServerStatus]:
+        rows = {}
+        for name, s in self.servers.items():
+            spec = s.spec
+            rows[name] = ServerStatus(
+                name=name, state=s.state, port=spec.port if spec else None, url=spec.url() if spec else None,
+                pid=s.obs.pid if s.obs.state == "up" else None, since=s.since, started=s.started,
+                restarts=s.restarts, memory=s.obs.memory if s.obs.state == "up" else None,
+                last_error=s.last_error, last_exit=s.obs.last_exit,
+            )
+        return rows
+
+    def log_path(self, name: str) -> str | None:
+        return self.manager.log_path(name) if name in self.servers else None
+
+    def journal_unit(self, name: str) -> str | None:
+        return self.manager.journal_unit(name) if name in self.servers else None
+
+    async def close(self) -> None:
+        """Daemon shutdown: stop every server in parallel (the manager's stop, then the kernel sweep)."""
+        await asyncio.gather(*(self.stop(name) for name in list(self.servers)))
+        await self.detach()
+
+    async def detach(self) -> None:
+        """Let go (`notebookd shutdown --keep-servers`): the servers keep running under their manager,
+        and the next daemon adopts them (`Manager.open`, and an unchanged definition starts nothing)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.manager.close()
+
+    # -- actions --
+    @contextlib.asynccontextmanager
+    async def _busy(self, server: Server):
+        """Marks an action under way; a manager's refusal becomes the server's last error (shown in
+        `status`, logged), never an exception that would take the daemon down with it."""
+        server.busy += 1
+        try:
+            yield
+        except (BackendError, OSError, NotReady) as exc:  # OSError: its files (a full disk), command not found
+            server.last_error = str(exc) if not isinstance(exc, OSError) else f"cannot prepare the server: {exc}"
+            if isinstance(exc, FileNotFoundError) and exc.filename is None:
+                server.last_error = str(exc)  # jupyter.command: "command 'x' not found in PATH ..."
+            log.error("%s: %s", server.name, server.last_error)
+            if server.spec is not None:
+                server.retry_at = time.time() + server.spec.restart.backoff_max
+            self.changed()
+        finally:
+            server.busy -= 1
+
+    async def _stop_now(self, server: Server) -> None:
+        """The manager stops the server (its process group or cgroup); then every process that carries
+        the server's marker goes too: kernels start their own sessions, out of supervisord's reach."""
+        if server.obs.state != "stopped":
+            self._set_state(server, "stopping")
+        await self.manager.stop(server.name)
+        uid = self._uid(server)
+        if uid is not None:
+            grace = server.spec.settings.stop_timeout if server.spec else 10.0
+            killed = await procs.stop_tree(None, uid, launch.marker(server.name, self.run_dir), grace)
+            if killed:
+                log.warning("%s: ended processes the manager left behind: %s", server.name,
+                            ", ".join(map(str, killed)))
+        server.ready_pid = server.started = None
+
+    def _uid(self, server: Server) -> int | None:
+        if server.spec is not None:
+            return server.spec.account.uid
+        try:
+            return pwd.getpwnam(server.name).pw_uid
+        except KeyError:
+            return None
+
+    # -- watching --
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll)
+            try:
+                await self._look_once()
+            except BackendError as exc:
+                log.error("%s: %s", self.name, exc)
+            except Exception:  # a bug must not stop the watching silently
+                log.exception("%s: watching the servers failed", self.name)
+
+    async def _look_once(self) -> None:
+        async with self._look:
+            names = sorted(self.servers)
+            if not names:
+                return
+            seen = await self.manager.observe(names)
+            if time.monotonic() - self._memory_at > 5:
+                self._fill_memory(seen)
+            for name, obs in seen.items():  # keep the last figure between two counts
+                if obs.memory is None and name in self.servers and obs.pid == self.servers[name].obs.pid:
+                    obs.memory = self.servers[name].obs.memory
+            await asyncio.gather(*(self._update(self.servers[n], seen.get(n, Observed()))
+                                   for n in names if n in self.servers))
+
+    def _fill_memory(self, seen: dict[str, Observed]) -> None:
+        self._memory_at = time.monotonic()
+        for name, obs in seen.items():
+            server = self.servers.get(name)
+            if obs.memory is not None or not obs.pid or server is None:
+                continue
+            uid = self._uid(server)
+            if uid is not None:
+                obs.memory = procs.tree_memory(procs.server_processes(obs.pid, uid,
+                                                                      launch.marker(name, self.run_dir)))
+
+    async def _update(self, s: Server, obs: Observed) -> None:
+        now = time.time()
+        old_pid = s.last_pid
+        s.obs = obs
+        if old_pid is not None and obs.pid != old_pid and s.wanted and not s.busy and not s.planned:
+            s.crashed = True  # the process we knew is gone, and nobody asked for that
+        if obs.pid and obs.pid != old_pid:  # a new process
+            if s.planned:
+                s.planned = s.crashed = False
+            elif s.crashed or old_pid is not None:
+                s.restarts += 1
+                s.crashed = False
+            s.pid_seen, s.ready_pid, s.health_failures = now, None, 0
+            if old_pid is not None and not s.busy:
+                await self._end_strays(s, keep=obs.pid)
+        elif not obs.pid and old_pid is not None and not s.busy:
+            await self._end_strays(s, keep=None)  # it exited: its kernels must not outlive it
+        s.last_pid = obs.pid if obs.state == "up" else None
+        if obs.state == "up" and s.spec is not None:
+            await self._probe(s, now)
+        self._set_state(s, self._state_of(s))
+        if obs.state in ("backoff", "gave_up") or (obs.error and obs.state != "up"):
+            s.last_error = self._why_down(s)
+        if s.busy or not s.wanted:
+            if obs.state != "gave_up":
+                s.gave_up_at = None
+            return
+        # the manager will not bring these back by itself
+        if obs.state == "stopped" and s.spec is not None:
+            if now < s.retry_at:
+                return
+            if not s.retry_at:
+                log.warning("%s: stopped outside notebookd (or its manager restarted); starting it again", s.name)
+            async with self._busy(s):
+                await self.manager.install(s.spec, self.access)
+                await self.manager.start(s.name)
+                s.retry_at = 0.0
+        elif obs.state == "gave_up":
+            s.gave_up_at = s.gave_up_at or now
+            if now - s.gave_up_at >= s.spec.restart.backoff_max:
+                s.gave_up_at = None
+                await self._act(s, self.manager.start(s.name))
+        else:
+            s.gave_up_at = None
+
+    async def _act(self, s: Server, action) -> None:
+        s.busy += 1
+        try:
+            await action
+        except BackendError as exc:
+            s.last_error = str(exc)
+            log.error("%s: %s", s.name, exc)
+        finally:
+            s.busy -= 1
+
+    async def _probe(self, s: Server, now: float) -> None:
+        spec = s.spec
+        if s.ready_pid != s.obs.pid:
+            code = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=2, tls=spec.tls.enabled)
+            if code == 200:
+                s.ready_pid, s.started, s.last_error = s.obs.pid, min(now, s.obs.since or now), None
+                s.next_probe = now + spec.health.interval
+            elif now - s.pid_seen > spec.settings.start_timeout and not s.busy and s.wanted:
+                s.last_error = f"not ready after {spec.settings.start_timeout:g}s (last probe: {code})"
+                log.warning("%s: %s; restarting it", s.name, s.last_error)
+                await self._act(s, self._restart_by_manager(s))
+            return
+        if now < s.next_probe or s.busy:
+            return
+        s.next_probe = now + spec.health.interval
+        code = await http_status(spec.ip, spec.port, spec.base_url + "api", spec.health.timeout, tls=spec.tls.enabled)
+        if code == 200:
+            s.health_failures = 0
+            return
+        s.health_failures += 1
+        s.last_error = f"health check failed ({s.health_failures}/{spec.health.failures}): {code}"
+        log.warning("%s: %s", s.name, s.last_error)
+        if s.health_failures >= spec.health.failures and s.wanted:
+            await self._act(s, self._restart_by_manager(s))
+
+    async def _restart_by_manager(self, s: Server) -> None:
+        await self._stop_now(s)
+        await self.manager.start(s.name)
+
+    async def _end_strays(self, s: Server, keep: int | None) -> None:
+        """Processes with the server's marker that are not the current server or its children."""
+        uid = self._uid(s)
+        if uid is None:
+            return
+        mark = launch.marker(s.name, self.run_dir)
+        current = set()
+        if keep:
+            with contextlib.suppress(psutil.Error):
+                current = {keep} | {c.pid for c in psutil.Process(keep).children(recursive=True)}
+        strays = [p for p in procs.server_processes(None, uid, mark) if p.pid not in current]
+        if not strays:
+            return
+        log.warning("%s: ending processes its last run left behind: %s", s.name, ", ".join(str(p.pid) for p in strays))
+        for p in strays:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        await procs.wait_gone(strays, 5.0)
+
+    def _state_of(self, s: Server) -> str:
+        o = s.obs.state
+        if o == "stopped" and s.wanted and s.retry_at:
+            return "backoff"  # could not be installed or started: tried again every backoff_max
+        if o == "up":
+            return "running" if s.ready_pid == s.obs.pid else "starting"
+        if o == "gave_up":
+            return "crashloop" if s.wanted else "stopped"
+        return o
+
+    def _why_down(self, s: Server) -> str:
+        spec = s.spec
+        if spec is not None and port_holder(spec.ip, spec.port):
+            return f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}"
+        if s.obs.last_exit and s.obs.error:
+            return f"{s.obs.last_exit} ({s.obs.error})"
+        return s.obs.last_exit or s.obs.error or s.last_error or f"{self.name}: {s.obs.state}"
+
+    async def _look_safely(self) -> None:
+        try:
+            await self._look_once()
+        except BackendError as exc:
+            log.error("%s: %s", self.name, exc)
+
+    def _set_state(self, s: Server, state: str) -> None:
+        if state != s.state:
+            log.info("%s: %s -> %s", s.name, s.state, state)
+            s.state, s.since = state, time.time()
+            if state != "running":
+                s.started = None if state != "stopping" else s.started
+            self.changed()
