@@ -103,7 +103,10 @@ class Certificates:
                 cert = x509.load_pem_x509_certificate(fh.read())
         except (OSError, ValueError):
             return True
-        left = cert.not_valid_after_utc - now
+        # not_valid_after_utc is cryptography >= 42; Debian 12 has 38, whose naive value is UTC
+        expires = getattr(cert, "not_valid_after_utc", None) or \
+            cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+        left = expires - now
         return left.total_seconds() < tls.renew_before or set(san_names(cert)) != set(names)
 
 

@@ -16,7 +16,7 @@ from sysroot import CACHE, MIRROR
 
 BASE = "systemd,systemd-sysv,dbus,procps,apt,ca-certificates"
 # Depends and Recommends of packaging/debian/control: downloaded into the root's apt cache
-DOWNLOAD = ["python3-jupyter-server", "python3-psutil", "python3-sdnotify", "python3-yaml",
+DOWNLOAD = ["python3-jupyter-server", "python3-psutil", "python3-sdnotify", "python3-yaml", "python3-cryptography",
             "python3-ipykernel", "python3-nbclassic"]
 RECIPE = f"bookworm-debroot-{BASE.replace(',', '+')}-{'+'.join(DOWNLOAD)}-1"
 
