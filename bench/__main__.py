@@ -45,9 +45,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+_handed_out: set[int] = set()  # two setups of one run never get the same port
+
+
 def free_ports(n: int, start: int) -> list[int]:
     ports, port = [], start + (os.getpid() % 100) * 30
     while len(ports) < n:
+        if port in _handed_out:
+            port += 1
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -57,6 +63,7 @@ def free_ports(n: int, start: int) -> list[int]:
         port += 1
         if port > 39999:
             port = 36000
+    _handed_out.update(ports)
     return ports
 
 

@@ -492,21 +492,21 @@ def test_key_with_a_newline_still_gives_one_line(text):
 
 def test_missing_explicit_file_is_an_error(tmp_path):
     path = str(tmp_path / "nope.yaml")
-    layout = dataclasses.replace(LAYOUT, config=path)
+    layout = LAYOUT._replace(config=path)
     with pytest.raises(ConfigError) as exc:
         config.load(layout)
     assert str(exc.value) == f"{path}: no such file"
 
 
 def test_missing_default_file_means_every_default(tmp_path):
-    layout = dataclasses.replace(LAYOUT, config=str(tmp_path / "nope.yaml"), config_explicit=False)
+    layout = LAYOUT._replace(config=str(tmp_path / "nope.yaml"), config_explicit=False)
     assert config.load(layout).users == ()
 
 
 def test_file_is_read_from_disk(tmp_path):
     path = tmp_path / "notebookd.yaml"
     path.write_text(SKETCH)
-    c = config.load(dataclasses.replace(LAYOUT, config=str(path)))
+    c = config.load(LAYOUT._replace(config=str(path)))
     assert c.file == str(path)
     assert c.user("alice").port == 8888
     assert dataclasses.replace(c, file=FILE) == load(SKETCH)
@@ -520,7 +520,7 @@ def test_unreadable_file_is_one_line(tmp_path, content):
     else:
         path.write_bytes(content)
     with pytest.raises(ConfigError) as exc:
-        config.load(dataclasses.replace(LAYOUT, config=str(path)))
+        config.load(LAYOUT._replace(config=str(path)))
     assert str(exc.value).startswith(f"{path}: cannot read: ")
     assert is_one_line(str(exc.value))
 
