@@ -416,16 +416,21 @@ def log_capture(work: str, user: str, size: int) -> dict:
     results = {}
     for system in ("file", "notebookd", "supervisord"):
         cpu_file = os.path.join(home, f"spew-{system}.cpu")
-        if os.path.exists(cpu_file):
-            os.unlink(cpu_file)
-        argv = [PY, "-I", spew, str(size), cpu_file]
+        go_file = os.path.join(work, f"go-{system}")
+        for path in (cpu_file, cpu_file + ".ready"):
+            if os.path.exists(path):
+                os.unlink(path)
+        argv = [PY, "-I", spew, str(size), cpu_file, go_file]
         if system == "file":
             d = os.path.join(work, "logs-file")
             os.makedirs(d)
             pw = pwd.getpwnam(user)
             with open(os.path.join(d, "out.log"), "wb") as out:
-                t = time.monotonic()
                 p = subprocess.Popen(argv, stdout=out, user=pw.pw_uid, group=pw.pw_gid, cwd=home)
+                while not os.path.exists(cpu_file + ".ready"):
+                    time.sleep(0.05)
+                t = time.monotonic()
+                open(go_file, "w").close()
                 while not os.path.exists(cpu_file):
                     time.sleep(0.05)
                 wall = time.monotonic() - t
@@ -441,10 +446,13 @@ def log_capture(work: str, user: str, size: int) -> dict:
             else:
                 runner = Supervisord(setup, {user: {"stdout_logfile_backups": "30"}})
                 base = os.path.join(setup.dir, "svlogs", f"{user}.log")
-            t = time.monotonic()
             runner.start()
-            time.sleep(0.3)
+            while not os.path.exists(cpu_file + ".ready"):
+                time.sleep(0.05)
+            time.sleep(1)  # the daemon has settled; the spew waits for the go file
             c0 = cpu_seconds(runner.proc.pid)
+            t = time.monotonic()
+            open(go_file, "w").close()
             while _total([base] + [f"{base}.{i}" for i in range(1, 31)]) < size:
                 time.sleep(0.1)
             wall = time.monotonic() - t

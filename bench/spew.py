@@ -1,13 +1,15 @@
 """Write SIZE bytes of numbered, self-checking lines to stdout, record own CPU time, then wait.
 
 Line i: `{i:09d} {'x' * (i % 150)} {i:09d}\n` — a reader can tell a whole line from a piece.
-Usage: spew.py SIZE CPU_FILE [ignored jupyter flags…]
+Usage: spew.py SIZE CPU_FILE GO_FILE [ignored jupyter flags…]: writes CPU_FILE.ready once running,
+and starts writing when GO_FILE exists (so the capturer's CPU can be measured from just before).
 """
 
 import os
 import resource
 import signal
 import sys
+import time
 
 
 def line(i: int) -> bytes:
@@ -15,7 +17,10 @@ def line(i: int) -> bytes:
 
 
 def main() -> None:
-    size, cpu_file = int(sys.argv[1]), sys.argv[2]
+    size, cpu_file, go_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    open(cpu_file + ".ready", "w").close()
+    while not os.path.exists(go_file):
+        time.sleep(0.01)
     written, i, block = 0, 0, []
     while written < size:
         chunk = []
