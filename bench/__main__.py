@@ -237,7 +237,7 @@ class Notebookd:
         return [p for p in children(self.proc.pid) if p not in servers]
 
     def status_cmd(self):
-        return [PY, "-m", "notebookd", "status"], self.env
+        return [os.path.join(BIN, "notebookd"), "status"], self.env  # the installed command
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
