@@ -266,10 +266,10 @@ def _spawn(item: Located) -> str:
     return mode
 
 
-def _check_spawn(settings: ServerSettings, section: _Section, inherited: Located | None = None) -> None:
+def _check_spawn(settings: ServerSettings, section: _Section) -> None:
     """`spawn: fork` forks notebookd's own interpreter: it cannot run another command."""
     if settings.spawn == "fork" and settings.command:
-        where = section.keys.get("spawn") or section.keys.get("command") or inherited or section.item
+        where = section.keys.get("spawn") or section.keys.get("command") or section.item
         raise where.error("spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec")
 
 

@@ -154,6 +154,14 @@ def test_each_sees_only_its_own_token_and_the_template_holds_none(lab):
     assert _memory_holds(template, list(tokens.values())) == set(), "the template holds a token"
     assert _memory_holds(alice_pid, [tokens["bob"], tokens["dave"]]) == set()
     assert _memory_holds(bob_pid, [tokens["alice"], tokens["dave"]]) == set()
+    assert len(os.listdir(f"/proc/{template}/task")) == 1, "the template runs threads"
+    # nothing of the template's leaks into a server: not its socket to the daemon, no other fd
+    template_fds = {os.readlink(f"/proc/{template}/fd/{fd}") for fd in os.listdir(f"/proc/{template}/fd")}
+    for pid in (alice_pid, bob_pid):
+        links = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert links[0] == "/dev/null" and links[1] == links[2] == links[3] and links[1].endswith(".pipe")
+        shared = {link for link in links.values() if link.startswith("socket:")} & template_fds
+        assert not shared, f"a server holds the template's sockets {shared}"
     for value in list(_environ(template).values()) + open(f"/proc/{template}/cmdline").read().split("\0"):
         assert not any(t.decode() in value for t in tokens.values())
     for short, other in (("alice", "bob"), ("bob", "alice")):
