@@ -211,7 +211,8 @@ class NativeServer:
                 if time.monotonic() > deadline:
                     return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
-                pause = min(pause * 1.5, 1.0)
+                # short: the server holds a start slot until it is seen ready (a probe is cheap)
+                pause = min(pause * 1.5, 0.25)
 
     async def _watch(self) -> str | None:
         """While RUNNING: None when asked to stop, else why the server went away or was killed."""
