@@ -87,6 +87,10 @@ class ServerSettings:
     jupyter_config: str = "{}"  # JSON text: extra traitlets config, kept hashable
     start_timeout: float = 60.0
     stop_timeout: float = 10.0
+    spawn: str = "exec"  # or "fork": from a template that imported jupyter_server once (forkserver.py)
+
+
+SPAWN_MODES = ("exec", "fork")
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,20 @@ def _percent(item: Located) -> int:
     return int(m.group(1))
 
 
+def _spawn(item: Located) -> str:
+    mode = _str(item)
+    if mode not in SPAWN_MODES:
+        raise item.error(f"{mode!r} is not a spawn mode ({' or '.join(SPAWN_MODES)})")
+    return mode
+
+
+def _check_spawn(settings: ServerSettings, section: _Section) -> None:
+    """`spawn: fork` forks notebookd's own interpreter: it cannot run another command."""
+    if settings.spawn == "fork" and settings.command:
+        where = section.keys.get("spawn") or section.keys.get("command") or section.item
+        raise where.error("spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec")
+
+
 def _positive_duration(item: Located) -> float:
     seconds = _duration(item)
     if seconds <= 0:
@@ -374,6 +392,7 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
     "jupyter_config": _jupyter_config,
     "start_timeout": _positive_duration,
     "stop_timeout": _positive_duration,
+    "spawn": _spawn,
 }
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
@@ -436,6 +455,7 @@ def from_document(root: Located, layout: Layout) -> Config:
     if "server" in keys:
         sec = _Section(keys["server"], _SERVER_KEYS)
         server = replace(server, **sec.values())
+        _check_spawn(server, sec)
 
     restart = Restart()
     if "restart" in keys:
@@ -505,6 +525,7 @@ def from_document(root: Located, layout: Layout) -> Config:
         if "env" in values:  # a user's env adds to (and may override) the defaults
             values["env"] = tuple(sorted({**dict(server.env), **dict(values["env"])}.items()))
         settings = replace(server, **values)
+        _check_spawn(settings, sec)
         users.append(UserEntry(name, item.line, port, settings))
 
     return Config(

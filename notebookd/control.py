@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 
 
 class Unreachable(Exception):
@@ -20,11 +20,8 @@ class Refused(Exception):
     """The daemon answered with an error."""
 
 
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
+# the caller of a request (SO_PEERCRED); a named tuple keeps `dataclasses` out of every CLI call
+Peer = namedtuple("Peer", "pid uid gid")
 
 
 def peer_of(sock: socket.socket) -> Peer:

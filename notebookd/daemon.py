@@ -252,10 +252,10 @@ class Daemon:
             await asyncio.gather(*(self.backend.stop(n) for n in names))
         elif cmd == "start":
             self.held.difference_update(names)
-            await asyncio.gather(*(self.backend.start(s) for s in specs))
+            await asyncio.gather(*(self.backend.start(s, urgent=True) for s in specs))
         else:
             self.held.difference_update(names)
-            await asyncio.gather(*(self.backend.restart(s) for s in specs))
+            await asyncio.gather(*(self.backend.restart(s, urgent=True) for s in specs))
 
     def _url(self, name: str) -> str:
         """The link a user opens: the server's UI (Lab, or the classic notebook), with the token

@@ -4,7 +4,7 @@ Kept free of heavy imports: the status path of the CLI uses it to find the contr
 """
 
 import os
-from dataclasses import dataclass
+from collections import namedtuple
 
 SYSTEM_CONFIG = "/etc/notebookd/notebookd.yaml"
 SYSTEM_RUN_DIR = "/run/notebookd"
@@ -13,16 +13,13 @@ SYSTEM_LOG_DIR = "/var/log/notebookd"
 SOCKET_NAME = "control.sock"
 
 
-@dataclass(frozen=True)
-class Layout:
+# A named tuple, not a dataclass: `dataclasses` pulls in `inspect`, and every CLI call (status
+# included) imports this module. config_explicit: named by --config or $NOTEBOOKD_CONFIG (a missing
+# file is then an error).
+class Layout(namedtuple("Layout", "system config config_explicit run_dir state_dir log_dir")):
     """The places one notebookd instance uses; `system` is True for the root daemon."""
 
-    system: bool
-    config: str
-    config_explicit: bool  # named by --config or $NOTEBOOKD_CONFIG: a missing file is an error
-    run_dir: str
-    state_dir: str
-    log_dir: str
+    __slots__ = ()
 
     @property
     def socket(self) -> str:

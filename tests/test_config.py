@@ -441,8 +441,13 @@ def test_recursive_alias(text, expected):
     ("users: [alice, bob]\n", "1: users: expected a mapping, got a list"),
     ("users:\n  alice: 8888\n", "2: users.alice: expected a mapping, got int"),
     ("a: &x {b: 1}\nc: {<<: *x}\n", "2: c: keys must be plain names"),
-    ("server: {port: 1}\n", "1: server.port: unknown key (known: args, auth, base_url, command, env, frame_ancestors, "
-                            "jupyter_config, path, root_dir, start_timeout, stop_timeout)"),
+    ("server: {port: 1}\n", "1: server.port: unknown key (known: args, auth, base_url, command, env, "
+                            "frame_ancestors, jupyter_config, path, root_dir, spawn, start_timeout, stop_timeout)"),
+    ("server: {spawn: vfork}\n", "1: server.spawn: 'vfork' is not a spawn mode (exec or fork)"),
+    ("server: {spawn: fork, command: [jupyter-server]}\n",
+     "1: server.spawn: spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec"),
+    ("server: {spawn: fork}\nusers:\n  alice:\n    command: [jupyter-server]\n",
+     "4: users.alice.command: spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec"),
 ])
 def test_other_errors(text, expected):
     assert error(text) == f"{FILE}:{expected}"
@@ -488,21 +493,21 @@ def test_key_with_a_newline_still_gives_one_line(text):
 
 def test_missing_explicit_file_is_an_error(tmp_path):
     path = str(tmp_path / "nope.yaml")
-    layout = dataclasses.replace(LAYOUT, config=path)
+    layout = LAYOUT._replace(config=path)
     with pytest.raises(ConfigError) as exc:
         config.load(layout)
     assert str(exc.value) == f"{path}: no such file"
 
 
 def test_missing_default_file_means_every_default(tmp_path):
-    layout = dataclasses.replace(LAYOUT, config=str(tmp_path / "nope.yaml"), config_explicit=False)
+    layout = LAYOUT._replace(config=str(tmp_path / "nope.yaml"), config_explicit=False)
     assert config.load(layout).users == ()
 
 
 def test_file_is_read_from_disk(tmp_path):
     path = tmp_path / "notebookd.yaml"
     path.write_text(SKETCH)
-    c = config.load(dataclasses.replace(LAYOUT, config=str(path)))
+    c = config.load(LAYOUT._replace(config=str(path)))
     assert c.file == str(path)
     assert c.user("alice").port == 8888
     assert dataclasses.replace(c, file=FILE) == load(SKETCH)
@@ -516,7 +521,7 @@ def test_unreadable_file_is_one_line(tmp_path, content):
     else:
         path.write_bytes(content)
     with pytest.raises(ConfigError) as exc:
-        config.load(dataclasses.replace(LAYOUT, config=str(path)))
+        config.load(LAYOUT._replace(config=str(path)))
     assert str(exc.value).startswith(f"{path}: cannot read: ")
     assert is_one_line(str(exc.value))
 

@@ -27,8 +27,10 @@ class Backend(Protocol):
     def specs(self) -> dict[str, ServerSpec]:
         """The servers it has been told to run and not told to stop, by user."""
 
-    async def start(self, spec: ServerSpec) -> None:
-        """Run `spec` and keep it running; return once it is starting (not when it is ready)."""
+    async def start(self, spec: ServerSpec, urgent: bool = False) -> None:
+        """Run `spec` and keep it running; return once it is starting (not when it is ready).
+
+        `urgent`: someone asked for it (`notebookd start`): it goes before the starts of a reconcile."""
 
     async def stop(self, name: str) -> None:
         """Stop the user's server, kernels included; return when nothing of it is left."""
@@ -36,7 +38,7 @@ class Backend(Protocol):
     async def forget(self, name: str) -> None:
         """Stop the user's server and drop it: the user is no longer configured."""
 
-    async def restart(self, spec: ServerSpec) -> None:
+    async def restart(self, spec: ServerSpec, urgent: bool = False) -> None:
         """Stop, then start with `spec` (which may differ from the running one)."""
 
     def status(self) -> dict[str, ServerStatus]:

@@ -134,7 +134,8 @@ class ManagedBackend:
     def specs(self) -> dict[str, ServerSpec]:
         return {n: s.spec for n, s in self.servers.items() if s.wanted and s.spec is not None}
 
-    async def start(self, spec: ServerSpec) -> None:
+    async def start(self, spec: ServerSpec, urgent: bool = False) -> None:
+        # `urgent` orders the native backend's own spawns; here the process manager does the spawning
         server = self.servers.get(spec.name)
         if server is not None and server.spec is not None and server.spec != spec:
             return await self.restart(spec)
@@ -160,7 +161,7 @@ class ManagedBackend:
             await self._stop_now(server)
         await self._look_safely()
 
-    async def restart(self, spec: ServerSpec) -> None:
+    async def restart(self, spec: ServerSpec, urgent: bool = False) -> None:
         server = self.servers.get(spec.name)
         if server is None:
             return await self.start(spec)

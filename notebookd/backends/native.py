@@ -18,7 +18,9 @@ import time
 
 from notebookd import jupyter, procs
 from notebookd.access import Access, NotReady
+from notebookd.forkserver import ForkError, ForkServer
 from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
 from notebookd.ports import describe_holder, port_holder
@@ -61,6 +63,7 @@ class NativeServer:
         self.last_error: str | None = None
         self.last_exit: str | None = None
         self.health_failures = 0
+        self._urgent = False  # asked for (start/restart, crash or health restart): goes before bulk starts
         self._want = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -88,7 +91,8 @@ class NativeServer:
         return self.host._marker(self.spec.name)
 
     # -- commands from the backend --
-    def start(self) -> None:
+    def start(self, urgent: bool = False) -> None:
+        self._urgent = urgent
         self._want = True
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.spec.name}")
@@ -107,6 +111,7 @@ class NativeServer:
                 if not self._want:
                     break
                 self.failures += 1
+                self._urgent = True  # the restart after a crash or failed health checks
                 self.last_error = failure
                 crashloop = self.failures >= self.spec.restart.crashloop_after
                 delay = self._backoff()
@@ -151,14 +156,14 @@ class NativeServer:
                          if adopting else "")
         self._wake.clear()
         try:
-            async with self.host.start_slots:
+            async with self.host.start_slots.slot(self._urgent):
                 if adopting:
                     self._adopt(record)
                 else:
                     if record is not None:  # started with another spec while no daemon watched
                         await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
                                               self.spec.settings.stop_timeout)
-                    self._spawn()
+                    await self._spawn()
                 outcome = await self._wait_ready()
         except SpawnError as exc:
             return str(exc)
@@ -206,7 +211,8 @@ class NativeServer:
                 if time.monotonic() > deadline:
                     return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
-                pause = min(pause * 1.5, 1.0)
+                # short: the server holds a start slot until it is seen ready (a probe is cheap)
+                pause = min(pause * 1.5, 0.25)
 
     async def _watch(self) -> str | None:
         """While RUNNING: None when asked to stop, else why the server went away or was killed."""
@@ -245,7 +251,7 @@ class NativeServer:
         return f"{self.last_exit} {when}".strip()
 
     # -- processes --
-    def _spawn(self) -> None:
+    async def _spawn(self) -> None:
         spec, acc = self.spec, self.spec.account
         try:
             now = pwd.getpwnam(acc.name)
@@ -276,18 +282,25 @@ class NativeServer:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
         out, keep = self.pipe.writer_fds()
         try:
-            popen = subprocess.Popen(
-                argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
-            )
+            if spec.settings.spawn == "fork":  # the same argv, env, identity: see forkserver.py
+                self.proc = await self.host.fork_server().spawn(
+                    argv[len(words):], env, spec.root_dir,
+                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep)
+            else:
+                popen = subprocess.Popen(
+                    argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
+                )
+                self.proc = procs.ServerProcess(popen.pid, popen)
+        except ForkError as exc:
+            raise SpawnError(str(exc)) from None
         except OSError as exc:
             raise SpawnError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         finally:
             os.close(out)
             os.close(keep)
-        self.proc = procs.ServerProcess(popen.pid, popen)
         self._exit = self.proc.watch(self.pipe.drain)
-        self.host.records.write(spec, popen.pid)
+        self.host.records.write(spec, self.proc.pid)
 
     def _adopt(self, record: Record) -> None:
         self.proc = procs.ServerProcess(record.pid)
@@ -333,7 +346,8 @@ class NativeBackend:
         self.detaching = False  # the daemon exits for an upgrade and leaves every server running
         self.access = Access(state_dir, tokens)
         self.servers: dict[str, NativeServer] = {}
-        self.start_slots = asyncio.Semaphore(max_parallel_starts or os.cpu_count() or 2)
+        self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
+        self._fork_server: ForkServer | None = None
         self.changed = on_change
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
 
@@ -345,6 +359,17 @@ class NativeBackend:
         self.leftovers = self.records.live()
         for rec in self.leftovers.values():
             log.info("%s: found server pid %d left running by an earlier notebookd", rec.name, rec.pid)
+
+    def fork_server(self) -> ForkServer:
+        """The template for `spawn: fork`, started on first use."""
+        if self._fork_server is None:
+            self._fork_server = ForkServer()
+        return self._fork_server
+
+    def _close_fork_server(self) -> None:
+        if self._fork_server is not None:
+            self._fork_server.close()  # the template only; servers are stopped (or kept) apart from it
+            self._fork_server = None
 
     # -- files --
     def server_files(self, spec: ServerSpec) -> dict[str, str]:
@@ -391,31 +416,32 @@ class NativeBackend:
     def specs(self) -> dict[str, ServerSpec]:
         return {n: s.spec for n, s in self.servers.items() if s.wanted}
 
-    async def start(self, spec: ServerSpec) -> None:
+    async def start(self, spec: ServerSpec, urgent: bool = False) -> None:
+        """`urgent`: asked for by someone (goes before the bulk starts of a reconcile)."""
         server = self.servers.get(spec.name)
         if server is None:
             self.servers[spec.name] = NativeServer(spec, self)
-            self.servers[spec.name].start()
+            self.servers[spec.name].start(urgent)
         elif server.spec != spec:
-            await self.restart(spec)
+            await self.restart(spec, urgent)
         else:
-            server.start()
+            server.start(urgent)
 
     async def stop(self, name: str) -> None:
         server = self.servers.get(name)
         if server is not None:
             await server.stop()
 
-    async def restart(self, spec: ServerSpec) -> None:
+    async def restart(self, spec: ServerSpec, urgent: bool = False) -> None:
         server = self.servers.get(spec.name)
         if server is None:
-            return await self.start(spec)
+            return await self.start(spec, urgent)
         await server.stop()
         if server.spec.logs != spec.logs:
             self._close_pipe(server)
             server.pipe = self.log_pipe(spec)
         server.spec = spec
-        server.start()
+        server.start(urgent)
 
     def _close_pipe(self, server: NativeServer) -> None:
         asyncio.get_running_loop().remove_reader(server.pipe.fd)
@@ -472,6 +498,7 @@ class NativeBackend:
         await asyncio.gather(*(s.stop() for s in self.servers.values()))
         for server in self.servers.values():
             self._close_pipe(server)
+        self._close_fork_server()
 
     async def detach(self) -> None:
         """Let go of every server without stopping it: for a daemon restart (upgrade).
@@ -484,3 +511,4 @@ class NativeBackend:
         await asyncio.gather(*tasks, return_exceptions=True)
         for server in self.servers.values():
             self._close_pipe(server)
+        self._close_fork_server()

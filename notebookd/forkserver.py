@@ -1,0 +1,475 @@
+"""`spawn: fork`: start servers by forking a template that has imported jupyter_server once.
+
+A plain start of jupyter_server spends most of its CPU importing (jupyter_events and the
+jsonschema format checkers it pulls in build parsers at import). The template process pays that
+once; each server is then a fork of it, which starts in a fraction of the time and shares the
+imported code's memory with its siblings (copy on write).
+
+The template (`python -I -u -m notebookd.forkserver FD`, started by the daemon with a clean
+environment, cwd /, its own session) runs no threads, holds no token, no config and no user's data:
+it only receives, per server, the argv *after* `-m jupyter_server`, the environment (the token is in
+it only as a file path), the cwd, the identity, and the two log FIFO fds (SCM_RIGHTS). Per request:
+
+  fork → child: own session; stdin /dev/null, stdout/stderr the log FIFO, fd 3 its read end;
+  every other fd closed; setgroups, setresgid, setresuid (real, effective and saved ids), then
+  checks that the ids and groups are exactly the user's and that setuid(0) fails; dumpable again
+  (an exec'd server is); cwd, umask 077, the clean environment of `jupyter.environment`;
+  then `ServerApp.launch_instance(argv)` in the same interpreter.
+
+The child reports the end of its setup over a close-on-exec pipe (an error text, or EOF when it
+is about to run the server), so a failed chdir or setuid is a spawn error, as with exec.
+
+Exit status: the servers are the template's children, so the template reaps them (SIGCHLD, a
+wakeup fd, no threads) and reports `{"exit": pid, "status": code}` on the socket, with Popen's
+convention (negative: killed by that signal). The daemon watches them like adopted processes
+otherwise (pidfd, `procs.stop_tree`). If the template dies, its servers keep running (re-parented
+to init); the daemon falls back to pidfds for them (exit status unknown) and starts a new template
+on the next fork.
+
+PR_SET_NO_NEW_PRIVS is *not* set: the dropped ids cannot be regained anyway (checked), and an
+exec'd server does not have it either; setting it would break sudo/su in a user's terminals only
+under `spawn: fork`.
+
+Wire format: SOCK_SEQPACKET, one JSON object per packet.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import atexit
+import ctypes
+import fcntl
+import gc
+import itertools
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+
+from notebookd.procs import ServerProcess
+
+log = logging.getLogger("notebookd")
+
+MAX_PACKET = 1 << 16
+PR_SET_DUMPABLE = 4
+PR_SET_MM = 35
+PR_SET_MM_ARG_START, PR_SET_MM_ARG_END, PR_SET_MM_ENV_START, PR_SET_MM_ENV_END = 8, 9, 10, 11
+_blocks = []  # the argv/environment blocks /proc shows: must live as long as the process
+SERVER_MAIN = "jupyter_server.__main__"
+
+
+class ForkError(Exception):
+    """The template could not start a server (the message says why)."""
+
+
+# ---------------------------------------------------------------- the daemon's side
+
+class ForkServer:
+    """The daemon's handle on the template: started on first use, restarted if it dies."""
+
+    def __init__(self, python: str = sys.executable):
+        self.python = python
+        self.proc = None
+        self.sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future] = {}
+        self._exits: dict[int, asyncio.Future] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def _ensure(self) -> None:
+        if self.sock is not None:
+            return
+        import subprocess
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, "-I", "-u", "-m", "notebookd.forkserver", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
+        log.info("fork server: template pid %d started", self.proc.pid)
+
+    async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, identity: tuple[int, int, list[int]] | None,
+                    out: int, keep: int) -> "ForkedProcess":
+        """Fork a server; `argv` is what follows `python -m jupyter_server`. Returns once it runs."""
+        self._ensure()
+        rid = next(self._ids)
+        request = {"id": rid, "argv": argv, "env": env, "cwd": cwd,
+                   "identity": list(identity[:2]) + [list(identity[2])] if identity else None}
+        fut = asyncio.get_running_loop().create_future()
+        self._replies[rid] = fut
+        try:
+            self.sock.sendmsg([json.dumps(request).encode()],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out, keep]))])
+        except OSError as exc:
+            self._replies.pop(rid, None)
+            self._lost(f"cannot reach the template: {exc}")
+            raise ForkError(f"fork server: {exc}") from None
+        reply = await fut
+        if "error" in reply:
+            raise ForkError(reply["error"])
+        pid = reply["pid"]
+        self._exits[pid] = asyncio.get_running_loop().create_future()
+        return ForkedProcess(pid, self._exits[pid])
+
+    def _readable(self) -> None:
+        while self.sock is not None:
+            try:
+                data = self.sock.recv(MAX_PACKET)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                return self._lost(str(exc))
+            if not data:
+                return self._lost("it exited")
+            msg = json.loads(data)
+            if "exit" in msg:
+                fut = self._exits.pop(msg["exit"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg["status"])
+            else:
+                fut = self._replies.pop(msg["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    def _lost(self, why: str) -> None:
+        """The template is gone: fail waiting spawns; its servers live on, watched by pidfd."""
+        log.warning("fork server: lost the template (%s); a new one starts with the next fork", why)
+        self._disconnect()
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_result({"error": f"fork server lost: {why}"})
+        self._replies.clear()
+        for pid, fut in self._exits.items():
+            _resolve_by_pidfd(pid, fut)
+        self._exits.clear()
+
+    def _disconnect(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            try:
+                proc.wait(5)  # EOF on its socket ends it; the servers it forked keep running
+            except Exception:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        """End the template (not the servers: the daemon stops those itself)."""
+        self._disconnect()
+        for fut in self._exits.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._exits.clear()
+
+
+def _resolve_by_pidfd(pid: int, fut: asyncio.Future) -> None:
+    """Resolve `fut` with None (status unknown) when `pid` ends."""
+    if fut.done():
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fut.set_result(None)
+        return
+
+    def readable() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, readable)
+
+
+class ForkedProcess(ServerProcess):
+    """A server forked by the template: not our child; its exit status comes from the template."""
+
+    def __init__(self, pid: int, status: asyncio.Future):
+        super().__init__(pid)
+        self._status = status
+
+    @property
+    def adopted(self) -> bool:
+        return False
+
+    def watch(self, on_exit) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+
+        def finish(status: asyncio.Future) -> None:
+            self.returncode = status.result()
+            self.done = True
+            on_exit()
+            if not fut.done():
+                fut.set_result(self.returncode)
+
+        self._status.add_done_callback(finish)
+        return fut
+
+
+# ---------------------------------------------------------------- the template
+
+def preload() -> None:
+    """Import what every server imports, once: jupyter_server, its handlers, enabled extensions."""
+    import jupyter_server.serverapp as serverapp
+
+    for locations in serverapp.JUPYTER_SERVICE_HANDLERS.values():
+        for name in locations or ():
+            __import__(name)
+    __import__("jupyter_server.base.handlers")
+    for name in _enabled_extensions():
+        try:
+            from jupyter_server.extension.manager import ExtensionPackage
+
+            ExtensionPackage(name=name, enabled=True)  # imports the package and its extension points
+        except Exception as exc:  # a broken extension breaks the server, not the template
+            print(f"notebookd fork server: cannot preload extension {name}: {exc}", file=sys.stderr)
+
+
+def _enabled_extensions() -> list[str]:
+    """Server extensions enabled in the system and environment config (never a user's)."""
+    from jupyter_core.paths import SYSTEM_CONFIG_PATH, ENV_CONFIG_PATH
+
+    enabled: dict[str, bool] = {}
+    for base in [*SYSTEM_CONFIG_PATH[::-1], *ENV_CONFIG_PATH[::-1]]:
+        folder = os.path.join(base, "jupyter_server_config.d")
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for entry in names:
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(folder, entry)) as fh:
+                    enabled.update(json.load(fh).get("ServerApp", {}).get("jpserver_extensions", {}))
+            except (OSError, ValueError, AttributeError):
+                continue
+    return [name for name, on in enabled.items() if on]
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def serve(sock: socket.socket) -> None:
+    preload()
+    gc.collect()
+    gc.freeze()  # keep imported objects out of the collector: their pages stay shared after fork
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    private = [sock.fileno(), wake_r, wake_w]
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                while True:
+                    try:
+                        if not os.read(wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+            else:
+                data, ancdata, _, _ = sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(2 * 4))
+                if not data:
+                    return  # the daemon closed its end: leave; the servers keep running
+                fds = []
+                for level, kind, payload in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+                _send(sock, _fork(json.loads(data), fds, sock, private))
+        _reap(sock)
+
+
+def _send(sock: socket.socket, msg: dict) -> None:
+    try:
+        sock.send(json.dumps(msg).encode())
+    except OSError:
+        pass  # the daemon is gone; serve() sees EOF next
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _fork(req: dict, fds: list[int], sock: socket.socket, private: list[int]) -> dict:
+    rid = req.get("id")
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return {"id": rid, "error": "fork server: expected two log fds with the request"}
+    if _threads() != 1:
+        for fd in fds:
+            os.close(fd)
+        return {"id": rid, "error": f"fork server: refusing to fork with {_threads()} threads running"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 127
+        try:
+            os.close(status_r)
+            sock.detach()  # its fd is closed below; the object must never close a reused number
+            code = _child(req, fds[0], fds[1], status_w)
+        except BaseException as exc:  # never return into the template's loop
+            try:
+                os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(status_w)
+    for fd in fds:
+        os.close(fd)
+    chunks = []
+    while True:
+        chunk = os.read(status_r, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(status_r)
+    if chunks:
+        return {"id": rid, "error": "cannot start the server: " + b"".join(chunks).decode(errors="replace")}
+    return {"id": rid, "pid": pid}
+
+
+def _show_in_proc(argv: list[str], env: dict[str, str]) -> None:
+    """Make /proc/PID/cmdline and /proc/PID/environ show the server's own argv and environment.
+
+    A fork keeps the template's blocks there; `ps`, and `procs` looking for the NOTEBOOKD_SERVER
+    marker, read them. Needs CAP_SYS_RESOURCE, so it runs before the privileges are dropped; best
+    effort (the server runs either way)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    for words, start, end in ((argv, PR_SET_MM_ARG_START, PR_SET_MM_ARG_END),
+                              ([f"{k}={v}" for k, v in env.items()], PR_SET_MM_ENV_START, PR_SET_MM_ENV_END)):
+        data = b"".join(w.encode() + b"\0" for w in words)
+        block = ctypes.create_string_buffer(data, len(data))
+        _blocks.append(block)
+        addr = ctypes.addressof(block)
+        # the kernel checks start <= end after each call: move the end first when moving up
+        first, second = ((end, addr + len(data)), (start, addr))
+        for option, value in (first, second) if addr >= _current(start) else (second, first):
+            if libc.prctl(PR_SET_MM, option, value, 0, 0) != 0:
+                return
+
+
+def _current(option: int) -> int:
+    """Where the kernel has the argv or environ block now (from /proc/self/stat)."""
+    with open("/proc/self/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    # fields[0] is field 3 of proc(5): arg_start is field 48, env_start field 50
+    return int(fields[{PR_SET_MM_ARG_START: 45, PR_SET_MM_ENV_START: 47}[option]])
+
+
+def drop_privileges(uid: int, gid: int, groups: list[int]) -> None:
+    """Become uid/gid with exactly `groups` for good (real, effective, saved ids), or raise."""
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) \
+            or sorted(set(os.getgroups()) - {gid}) != sorted(set(groups) - {gid}):
+        raise PermissionError("the identity change did not take")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise PermissionError("could regain root after dropping privileges")
+    # creds changed, so the kernel made us non-dumpable; an exec'd server is dumpable (its /proc
+    # files belong to the user). Nothing in the template's memory is secret.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
+def _child(req: dict, out: int, keep: int, status_w: int) -> int:
+    """In the forked child: become the user, exactly as the exec path does, then run the server."""
+    os.setsid()
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # fds: 0 /dev/null, 1+2 the log FIFO, 3 its read end (never EPIPE), 4 the status pipe; nothing else
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5) for fd in (out, keep, status_w)]
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(high[0], 1)
+    os.dup2(high[0], 2)
+    os.dup2(high[1], 3)
+    os.dup2(high[2], 4, inheritable=False)
+    os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))
+    os.set_inheritable(3, False)  # a kernel the server starts does not need it
+
+    import jupyter_server.__main__ as main_module  # preloaded; its path is the server's argv[0]
+
+    _show_in_proc([sys.executable, "-I", "-m", "jupyter_server", *req["argv"]], req["env"])
+    identity = req.get("identity")
+    if identity is not None:
+        drop_privileges(identity[0], identity[1], list(identity[2]))
+
+    os.chdir(req["cwd"])
+    os.umask(0o077)
+    os.environ.clear()
+    os.environ.update(req["env"])
+
+    sys.argv = [main_module.__file__, *req["argv"]]
+    os.close(4)  # setup done: the template answers the daemon with our pid
+    from jupyter_server.serverapp import ServerApp
+
+    code = 0
+    try:
+        ServerApp.launch_instance(req["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    return code
+
+
+def main(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[1]))
+    if sock.type != socket.SOCK_SEQPACKET:
+        print("notebookd.forkserver: expects the fd of a SOCK_SEQPACKET unix socket", file=sys.stderr)
+        return 2
+    sock.setblocking(True)
+    serve(sock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
