@@ -14,6 +14,7 @@ import textwrap
 import uuid
 
 from conftest import http
+from scripts import kernel_42
 
 NGINX = "/usr/sbin/nginx"
 
@@ -79,25 +80,10 @@ async def execute(ws_url: str, token: str | None, code: str, origin: str | None,
     if cookie:
         headers["Cookie"] = cookie
     conn = await websocket_connect(HTTPRequest(ws_url, headers=headers, request_timeout=30, ca_certs=cafile))
-    session, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
-    conn.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": session, "msg_type": "execute_request",
-                   "version": "5.3", "date": "2026-01-01T00:00:00Z"},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
     try:
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 90)
-            assert raw is not None, "the kernel channel closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "execute_result":
-                return msg["content"]["data"]["text/plain"]
-            if msg["msg_type"] == "error":
-                raise AssertionError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+        return await kernel_42.execute(conn, code)
+    except RuntimeError as exc:  # the kernel's error, or a closed channel: a failed test here
+        raise AssertionError(str(exc)) from None
     finally:
         conn.close()
 
