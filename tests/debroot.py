@@ -7,12 +7,10 @@ Built once with debootstrap and cached beside the systemd test root (see sysroot
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 import subprocess
 
-from sysroot import CACHE, MIRROR
+from sysroot import MIRROR, cached_root
 
 BASE = "systemd,systemd-sysv,dbus,procps,apt,ca-certificates"
 # Depends and Recommends of packaging/debian/control: downloaded into the root's apt cache
@@ -21,33 +19,19 @@ DOWNLOAD = ["python3-jupyter-server", "python3-psutil", "python3-sdnotify", "pyt
 RECIPE = f"bookworm-debroot-{BASE.replace(',', '+')}-{'+'.join(DOWNLOAD)}-1"
 
 
+def _download(tmp: str) -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+    with open(os.path.join(tmp, "etc/apt/sources.list"), "w") as fh:
+        fh.write(f"deb {MIRROR} bookworm main\ndeb {MIRROR} bookworm-updates main\n"
+                 "deb http://deb.debian.org/debian-security bookworm-security main\n")
+    subprocess.run(["chroot", tmp, "apt-get", "update", "-q"], check=True, env=env, capture_output=True)
+    subprocess.run(["chroot", tmp, "apt-get", "install", "-y", "-q", "--download-only", *DOWNLOAD],
+                   check=True, env=env, capture_output=True)
+
+
 def root() -> str:
-    path = os.path.join(CACHE, RECIPE)
-    if os.path.exists(os.path.join(path, ".complete")):
-        return path
-    os.makedirs(CACHE, exist_ok=True)
-    with open(os.path.join(CACHE, ".lock-debroot"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(os.path.join(path, ".complete")):
-            return path
-        tmp = path + ".building"
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE}", "bookworm", tmp, MIRROR],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
-        with open(os.path.join(tmp, "etc/apt/sources.list"), "w") as fh:
-            fh.write(f"deb {MIRROR} bookworm main\ndeb {MIRROR} bookworm-updates main\n"
-                     "deb http://deb.debian.org/debian-security bookworm-security main\n")
-        subprocess.run(["chroot", tmp, "apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(["chroot", tmp, "apt-get", "install", "-y", "-q", "--download-only", *DOWNLOAD],
-                       check=True, env=env, capture_output=True)
-        for unit in ("getty@tty1.service", "console-getty.service", "apt-daily.timer", "apt-daily-upgrade.timer"):
-            subprocess.run(["systemctl", f"--root={tmp}", "mask", unit], capture_output=True)
-        with open(os.path.join(tmp, ".complete"), "w"):
-            pass
-        shutil.rmtree(path, ignore_errors=True)
-        os.rename(tmp, path)
-    return path
+    return cached_root(RECIPE, BASE, _download, mask=("getty@tty1.service", "console-getty.service",
+                                                      "apt-daily.timer", "apt-daily-upgrade.timer"))
 
 
 if __name__ == "__main__":

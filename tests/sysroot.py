@@ -24,9 +24,11 @@ RECIPE = f"bookworm-minbase-{PACKAGES.replace(',', '+')}-1"
 MIRROR = "http://deb.debian.org/debian"
 
 
-def root() -> str:
-    """The cached root, built if missing; safe against two builders at once (a lock file)."""
-    path = os.path.join(CACHE, RECIPE)
+def cached_root(recipe: str, packages: str, finish=lambda tmp: None,
+                mask: tuple[str, ...] = ("getty@tty1.service", "console-getty.service")) -> str:
+    """A debootstrapped bookworm root named by `recipe`, built once (`finish(tmp)` adds to it) and
+    kept under CACHE; safe against two builders at once (a lock file)."""
+    path = os.path.join(CACHE, recipe)
     if os.path.exists(os.path.join(path, ".complete")):
         return path
     os.makedirs(CACHE, exist_ok=True)
@@ -36,16 +38,22 @@ def root() -> str:
             return path
         tmp = path + ".building"
         shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", tmp, MIRROR],
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", tmp, MIRROR],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # no getty or network waits in a test container; a fixed machine id keeps boots quiet
-        for unit in ("getty@tty1.service", "console-getty.service"):
+        finish(tmp)
+        # no getty (or apt timers) in a test container: boots stay quick and quiet
+        for unit in mask:
             subprocess.run(["systemctl", f"--root={tmp}", "mask", unit], capture_output=True)
         with open(os.path.join(tmp, ".complete"), "w"):
             pass
         shutil.rmtree(path, ignore_errors=True)
         os.rename(tmp, path)
     return path
+
+
+def root() -> str:
+    """The root the systemd-backend tests boot."""
+    return cached_root(RECIPE, PACKAGES)
 
 
 class Container:
