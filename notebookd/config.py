@@ -397,7 +397,7 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
 _TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "supervisor", "limits", "state_dir",
-             "groups", "users", "tls", "proxy", "kernels")
+             "groups", "users", "tls", "proxy", "kernels", "embed")
 
 
 def _positive(item_key: str, value: float, section: _Section) -> None:
@@ -452,6 +452,13 @@ def from_document(root: Located, layout: Layout) -> Config:
     kernels = _kernels(keys["kernels"]) if "kernels" in keys else ()
 
     server = ServerSettings()
+    if "embed" in keys:  # the lab-wide place for iframe embedding; users.NAME.frame_ancestors overrides it
+        sec = _Section(keys["embed"], {"frame_ancestors": _str_list})
+        server = replace(server, **sec.values())
+        given = keys["server"].value if "server" in keys and isinstance(keys["server"].value, dict) else {}
+        if "frame_ancestors" in sec.keys and "frame_ancestors" in given:
+            raise given["frame_ancestors"].error(
+                f"already given under embed: (line {sec.keys['frame_ancestors'].line}); give it once")
     if "server" in keys:
         sec = _Section(keys["server"], _SERVER_KEYS)
         server = replace(server, **sec.values())

@@ -780,3 +780,13 @@ def test_supervisor_and_limits_errors(text, expected):
     assert is_one_line(message) and message.startswith(FILE + ":1: ")
     if expected:
         assert message == f"{FILE}:{expected}"
+
+
+def test_embed_sets_frame_ancestors_for_everyone_and_a_user_may_override():
+    text = ("embed: {frame_ancestors: [\"'self'\", https://lms.example.org]}\n"
+            "users:\n  alice: {}\n  bob: {frame_ancestors: [\"'none'\"]}\n")
+    c = load(text)
+    assert dict((u.name, u.settings.frame_ancestors) for u in c.users) == {
+        "alice": ("'self'", "https://lms.example.org"), "bob": ("'none'",)}
+    assert error("embed: {frame_ancestors: [x]}\nserver:\n  frame_ancestors: [y]\n") == \
+        f"{FILE}:3: server.frame_ancestors: already given under embed: (line 1); give it once"
