@@ -123,7 +123,45 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-class Daemon:
+class StatusClient:
+    """What tests ask of any running notebookd through its CLI; subclasses provide `cli()`."""
+
+    wait_timeout = 60.0  # seconds a server may take to reach a state
+
+    def cli(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        out = self.cli("status", "--json")
+        assert out.returncode in (0, 3), out.stderr
+        return json.loads(out.stdout)
+
+    def rows(self) -> dict[str, dict]:
+        return {r["name"]: r for r in self.status()["servers"]}
+
+    def wait_state(self, name: str, state: str, timeout: float | None = None) -> dict:
+        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r,
+                        timeout or self.wait_timeout, what=f"{name} {state}")
+
+    def wait_replaced(self, name: str, old_pid: int, timeout: float | None = None) -> dict:
+        """Wait until `name` runs again in a process other than `old_pid`."""
+        return wait_for(lambda: (r := self.rows()[name])["state"] == "running" and r["pid"] not in (None, old_pid)
+                        and r, timeout or self.wait_timeout, what=f"{name} running again after pid {old_pid}")
+
+    def wait_all_running(self, timeout: float = 120) -> dict:
+        return wait_for(lambda: (rows := self.rows()) and all(r["state"] == "running" for r in rows.values())
+                        and rows, timeout, interval=0.3, what="all servers running")
+
+    def url(self, name: str) -> str:
+        out = self.cli("url", name)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def token(self, name: str) -> str:
+        return self.url(name).split("token=", 1)[1]
+
+
+class Daemon(StatusClient):
     """`notebookd run` in a subprocess, with its own run/state/log dirs under `base`."""
 
     def __init__(self, base: str, config: str, as_user: str | None = None, extra_env: dict | None = None):
@@ -181,35 +219,6 @@ class Daemon:
             env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
         return subprocess.run([sys.executable, "-m", "notebookd", *args], env=env, capture_output=True,
                               text=True, timeout=timeout, cwd="/", **as_user(user))
-
-    def status(self) -> dict:
-        out = self.cli("status", "--json")
-        assert out.returncode in (0, 3), out.stderr
-        return json.loads(out.stdout)
-
-    def rows(self) -> dict[str, dict]:
-        return {r["name"]: r for r in self.status()["servers"]}
-
-    def wait_state(self, name: str, state: str, timeout: float = 60) -> dict:
-        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r,
-                        timeout, what=f"{name} {state}")
-
-    def wait_replaced(self, name: str, old_pid: int, timeout: float = 60) -> dict:
-        """Wait until `name` runs again in a process other than `old_pid`."""
-        return wait_for(lambda: (r := self.rows()[name])["state"] == "running" and r["pid"] not in (None, old_pid)
-                        and r, timeout, what=f"{name} running again after pid {old_pid}")
-
-    def wait_all_running(self, timeout: float = 120) -> dict:
-        return wait_for(lambda: (rows := self.rows()) and all(r["state"] == "running" for r in rows.values())
-                        and rows, timeout, interval=0.3, what="all servers running")
-
-    def token(self, name: str) -> str:
-        return self.url(name).split("token=", 1)[1]
-
-    def url(self, name: str) -> str:
-        out = self.cli("url", name)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
 
     def daemon_log(self) -> str:
         try:

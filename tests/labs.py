@@ -17,19 +17,19 @@ import textwrap
 
 import psutil
 
-from conftest import Daemon, http, uid_processes, wait_for
+from conftest import Daemon, StatusClient, http, uid_processes, wait_for
 
 VENV = sys.prefix  # world-readable (tests/run makes it with umask 022); bound into the container
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class Lab:
+class Lab(StatusClient):
     """What every backend must answer the same way. `names` maps short names to user names."""
 
     backend: str
     names: dict[str, str]
+    wait_timeout = 90.0  # a container's systemd or a supervisord adds its own delays
 
-    def cli(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess: ...
     def http(self, url: str, token: str | None = None, method: str = "GET", body: bytes | None = None) -> int: ...
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None: ...
     def user_pids(self, user: str) -> list[int]: ...
@@ -40,35 +40,6 @@ class Lab:
     def reload(self) -> subprocess.CompletedProcess: ...
     def secret_places(self) -> list[tuple[str, int, str]]: ...
     def daemon_pid(self) -> int: ...
-
-    # -- shared helpers on top of the above --
-    def status(self) -> dict:
-        out = self.cli("status", "--json")
-        assert out.returncode in (0, 3), out.stderr
-        return json.loads(out.stdout)
-
-    def rows(self) -> dict[str, dict]:
-        return {r["name"]: r for r in self.status()["servers"]}
-
-    def wait_state(self, name: str, state: str, timeout: float = 90) -> dict:
-        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r, timeout,
-                        what=f"{name} {state}")
-
-    def wait_replaced(self, name: str, old_pid: int, timeout: float = 90) -> dict:
-        return wait_for(lambda: (r := self.rows()[name])["state"] == "running" and r["pid"] not in (None, old_pid)
-                        and r, timeout, what=f"{name} running again after pid {old_pid}")
-
-    def wait_all_running(self, timeout: float = 120) -> dict:
-        return wait_for(lambda: (rows := self.rows()) and all(r["state"] == "running" for r in rows.values())
-                        and rows, timeout, interval=0.3, what="all servers running")
-
-    def url(self, name: str) -> str:
-        out = self.cli("url", name)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    def token(self, name: str) -> str:
-        return self.url(name).split("token=", 1)[1]
 
 
 CONFIG = """\
