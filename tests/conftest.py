@@ -252,3 +252,16 @@ def uid_processes(uid: int) -> list[int]:
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
     return out
+
+
+def strays(uid: int, server_pid: int) -> list[int]:
+    """Live processes of `uid` outside the server's own tree (whatever the running server starts for
+    itself, e.g. JupyterLab's helpers, is its business; anything else is a leftover)."""
+    import psutil
+
+    try:
+        tree = {server_pid} | {p.pid for p in psutil.Process(server_pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        tree = set()
+    return sorted(set(uid_processes(uid)) - tree)
+
