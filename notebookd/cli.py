@@ -142,13 +142,16 @@ def format_status(daemon: dict, rows: list[dict]) -> str:
     from notebookd.units import format_duration, format_size
 
     now = time.time()
-    header = ("USER", "STATE", "PID", "PORT", "URL", "UPTIME", "RESTARTS", "MEMORY", "LAST ERROR")
+    header = ("USER", "STATE", "PID", "PORT", "URL", "UPTIME", "RESTARTS", "MEMORY", "KERNELS", "LAST ACTIVE",
+              "LAST ERROR")
     table = [header]
     for r in rows:
         table.append((
             r["name"], r["state"], str(r["pid"] or "-"), str(r["port"] or "-"), r["url"] or "-",
             format_duration(now - r["started"]) if r["started"] else "-",
             str(r["restarts"]), format_size(r["memory"]) if r["memory"] else "-",
+            "-" if r.get("kernels") is None else str(r["kernels"]),
+            _ago(now, r.get("last_activity")),
             _one_line(r["last_error"] or (r["last_exit"] if r["state"] != "running" else None) or "-"),
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
@@ -165,6 +168,14 @@ def format_status(daemon: dict, rows: list[dict]) -> str:
                      f"{reload['error']}")
     lines += [f"warning: {w}" for w in daemon.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _ago(now: float, stamp: float | None) -> str:
+    from notebookd.units import format_duration
+
+    if not stamp:
+        return "-"
+    return "now" if now - stamp < 1 else f"{format_duration(now - stamp)} ago"
 
 
 def _one_line(text: str, limit: int = 100) -> str:

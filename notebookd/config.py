@@ -135,6 +135,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """Prometheus metrics (`metrics:`): an endpoint on the daemon's loop, a textfile, both or neither."""
+
+    listen: tuple[str, int] | None = None  # (ip, port); None: no endpoint
+    allow_insecure: bool = False  # a non-loopback listen address is refused unless this is true
+    textfile: str = ""  # node_exporter's textfile collector reads it; "": none
+    interval: float = 15.0  # how often the textfile is rewritten
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or bool(self.textfile)
+
+
+@dataclass(frozen=True)
 class UserEntry:
     name: str
     line: int | None  # where it was listed; None for members of `groups`
@@ -165,6 +179,7 @@ class Config:
     tls: TLS = TLS()
     proxy: Proxy = Proxy()
     kernels: tuple[Kernel, ...] = ()
+    metrics: Metrics = Metrics()
 
     def user(self, name: str) -> UserEntry | None:
         return next((u for u in self.users if u.name == name), None)
@@ -397,7 +412,7 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
 _TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "supervisor", "limits", "state_dir",
-             "groups", "users", "tls", "proxy", "kernels", "embed")
+             "groups", "users", "tls", "proxy", "kernels", "embed", "metrics")
 
 
 def _positive(item_key: str, value: float, section: _Section) -> None:
@@ -450,6 +465,7 @@ def from_document(root: Located, layout: Layout) -> Config:
         if bool(proxy.cert) != bool(proxy.key):
             raise keys["proxy"].error("cert and key go together: give both for TLS at nginx, or neither")
     kernels = _kernels(keys["kernels"]) if "kernels" in keys else ()
+    metrics = _metrics(keys["metrics"]) if "metrics" in keys else Metrics()
 
     server = ServerSettings()
     if "embed" in keys:  # the lab-wide place for iframe embedding; users.NAME.frame_ancestors overrides it
@@ -538,7 +554,7 @@ def from_document(root: Located, layout: Layout) -> Config:
     return Config(
         file=file, backend=backend, listen=listen, server=server, restart=restart, health=health,
         logs=logs, supervisor=supervisor, limits=limits, state_dir=state_dir, groups=tuple(groups), users=tuple(users),
-        tls=tls, proxy=proxy, kernels=kernels,
+        tls=tls, proxy=proxy, kernels=kernels, metrics=metrics,
     )
 
 
@@ -637,6 +653,36 @@ def _check_remote_access(listen: Listen, tls: TLS, item: Located | None, file: s
     if item is not None and isinstance(item.value, dict) and "ip" in item.value:
         raise item.value["ip"].error(message)
     raise ConfigError(file, None, "listen.ip", message)
+
+
+def _metrics(item: Located) -> Metrics:
+    sec = _Section(item, {"listen": _optional(_host_port), "allow_insecure": _bool, "textfile": _optional_path,
+                          "interval": _positive_duration})
+    metrics = replace(Metrics(), **sec.values())
+    if metrics.textfile and not metrics.textfile.endswith(".prom"):
+        raise sec.keys["textfile"].error("must end in .prom (node_exporter's textfile collector reads only those)")
+    if metrics.listen and not metrics.allow_insecure and not ipaddress.ip_address(metrics.listen[0]).is_loopback:
+        raise sec.keys["listen"].error(
+            f"{metrics.listen[0]} is reachable from other machines, and the metrics say who is active when "
+            "(set metrics.allow_insecure: true to serve them there, best behind a firewall)")
+    return metrics
+
+
+def _host_port(item: Located) -> tuple[str, int]:
+    """`PORT` (loopback), `IP:PORT` or `[IPv6]:PORT`."""
+    _scalar(item)
+    text = str(item.value).strip()
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d+)|(\d+)", text)
+    if not m:
+        raise item.error(f"{text!r} is not PORT, IP:PORT or [IPv6]:PORT (e.g. 127.0.0.1:9750)")
+    ip, port = m.group(1) or m.group(2) or "127.0.0.1", int(m.group(3) or m.group(4))
+    try:
+        ip = str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise item.error(f"{ip!r} is not an IP address") from None
+    if not 1 <= port <= 65535:
+        raise item.error(f"{port} is not a valid port (1-65535)")
+    return ip, port
 
 
 def _proxy_listen(item: Located) -> str:

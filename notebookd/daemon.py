@@ -15,8 +15,9 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, kernelspecs, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, kernelspecs, metrics, reconcile
 from notebookd.access import uses_password, uses_token
+from notebookd.activity import ActivityBook
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.control import Peer, Refused, serve
@@ -25,6 +26,7 @@ from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
+from notebookd.stats import Stats
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -46,6 +48,9 @@ class Daemon:
         self.started = time.time()
         self.last_reload: dict = {"ok": True, "at": None, "error": None}
         self.backend: Backend | None = None
+        self.stats = Stats()  # replaced by the backend's own (it counts its restarts, health failures, starts)
+        self.activity: ActivityBook | None = None
+        self.metrics = metrics.Service(self._snapshot)
         self._status_pending = False
 
     # -- lifecycle --
@@ -58,13 +63,17 @@ class Daemon:
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
         self.passwords = PasswordStore(self.config.state_dir)
+        self.activity = ActivityBook(self.tokens)
         try:
             self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
             await self.backend.open()
         except BackendError as exc:
             log.error("backend %s: %s", self.config.backend, exc)
             return 1
+        self.stats = getattr(self.backend, "stats", None) or self.stats
         control = await serve(self.layout.socket, self.handle)
+        await self.metrics.apply(self.config.metrics)
+        activity = self.activity.run_idle(self._activity_targets)
         async with self.lock:
             await self._reconcile()
         self.notifier.ready(self._summary())
@@ -88,6 +97,7 @@ class Daemon:
             control.close()
             watchdog.cancel()
             renewal.cancel()
+            activity.cancel()
             async with self.lock:
                 if event == "detach":
                     log.info("exiting for a restart: every server keeps running, the next notebookd adopts them")
@@ -95,6 +105,9 @@ class Daemon:
                 else:
                     log.info("stopping: every server, in parallel")
                     await self.backend.close()
+                    if self.config.metrics.textfile:
+                        await self.metrics.write_textfile()  # every server stopped: not left looking up
+            await self.metrics.close()
             try:
                 os.unlink(self.layout.socket)
             except FileNotFoundError:
@@ -119,6 +132,8 @@ class Daemon:
                               self.backend.names())
         if step:
             log.info("reconcile: %s", step.describe())
+        for spec in step.restart:
+            self.stats.restarted(spec.name, "reload")
         await reconcile.apply(step, self.backend)
 
     async def reload(self) -> None:
@@ -140,6 +155,7 @@ class Daemon:
         async with self.lock:
             self.config = new
             await self._reconcile()
+        await self.metrics.apply(new.metrics)
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
         log.info("reloaded %s", new.file)
         self.notifier.ready(self._summary())
@@ -174,7 +190,22 @@ class Daemon:
         rows = self.backend.status() if self.backend else {}
         for name, problem in self.desired.problems.items():
             rows[name] = ServerStatus(name=name, state="error", last_error=problem)
+        if self.activity is not None:
+            for name, row in rows.items():
+                seen = self.activity.get(name)
+                row.kernels, row.connections, row.last_activity = seen.kernels, seen.connections, seen.last_activity
         return [rows[n] for n in sorted(rows)]
+
+    def _activity_targets(self) -> tuple[dict, set[str]]:
+        """Who the activity probe asks: the running servers; and who is still configured."""
+        specs = self.backend.specs()
+        running = {n: specs[n] for n, r in self.backend.status().items() if r.state == "running" and n in specs}
+        return running, set(self.desired.specs) | set(self.desired.problems)
+
+    async def _snapshot(self) -> metrics.Snapshot:
+        await self.activity.refresh(*self._activity_targets())
+        return metrics.snapshot_of(metrics.snapshot_rows(self._rows(), self.activity), self.stats,
+                                   self.config.backend, self.last_reload, self.started)
 
     def _caller(self, peer: Peer) -> str | None:
         """None for a caller who may do everything, else the user name they may act for."""
@@ -255,6 +286,8 @@ class Daemon:
             await asyncio.gather(*(self.backend.start(s, urgent=True) for s in specs))
         else:
             self.held.difference_update(names)
+            for name in set(names) & self.backend.specs().keys():  # a stopped server is only started
+                self.stats.restarted(name, "requested")
             await asyncio.gather(*(self.backend.restart(s, urgent=True) for s in specs))
 
     def _url(self, name: str) -> str:
@@ -286,6 +319,7 @@ class Daemon:
         spec = self.desired.specs[name]
         if name in self.held or name not in self.backend.specs():
             return False
+        self.stats.restarted(name, "requested")
         async with self.lock:
             await self.backend.restart(spec)
         return True
@@ -344,6 +378,8 @@ class Daemon:
                 log.info("self-signed certificates renewed; restarting %s", ", ".join(names))
                 async with self.lock:
                     specs = self.backend.specs()
+                    for name in set(names) & specs.keys():
+                        self.stats.restarted(name, "reload")
                     await asyncio.gather(*(self.backend.restart(specs[n]) for n in names if n in specs))
 
     def _daemon_info(self) -> dict:
@@ -351,6 +387,8 @@ class Daemon:
             "pid": os.getpid(), "version": __version__, "backend": self.config.backend,
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
             "reload": self.last_reload, "warnings": list(self.desired.warnings),
+            "metrics": {"listen": metrics.address(self.config.metrics), "textfile": self.config.metrics.textfile or None,
+                        "error": self.metrics.error},
         }
 
 

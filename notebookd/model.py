@@ -103,6 +103,9 @@ class ServerStatus:
     started: float | None = None     # wall-clock time the current process became RUNNING
     restarts: int = 0
     memory: int | None = None        # RSS of the whole process tree, bytes
+    kernels: int | None = None       # from jupyter's /api/status (activity.py); None: not known
+    connections: int | None = None
+    last_activity: float | None = None  # wall clock, jupyter's own figure
     last_error: str | None = None
     last_exit: str | None = None
     log_tail: list[str] = field(default_factory=list)  # last lines of its log, when it is failing

@@ -33,6 +33,7 @@ from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerSpec, ServerStatus
 from notebookd.ports import describe_holder, port_holder
 from notebookd.probe import http_status
+from notebookd.stats import Stats
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -102,6 +103,8 @@ class Server:
     next_probe: float = 0.0
     gave_up_at: float | None = None
     retry_at: float = 0.0  # after a failed install or start: when the poller tries again
+    timed: bool = False  # the current process was started while this daemon watched: its start is timed
+    unhealthy: bool = False  # notebookd restarted it for failed health checks: the next new pid says why
 
 
 class ManagedBackend:
@@ -118,6 +121,7 @@ class ManagedBackend:
         self._task: asyncio.Task | None = None
         self._look = asyncio.Lock()
         self._memory_at = 0.0
+        self.stats = Stats()  # restarts by reason, failed health checks, start durations (for the metrics)
 
     # -- the Backend contract --
     async def open(self) -> None:
@@ -304,11 +308,15 @@ class ManagedBackend:
         if old_pid is not None and obs.pid != old_pid and s.wanted and not s.busy and not s.planned:
             s.crashed = True  # the process we knew is gone, and nobody asked for that
         if obs.pid and obs.pid != old_pid:  # a new process
+            # not timed: a process that already ran when this daemon first looked (adopted)
+            s.timed = s.planned or s.crashed or old_pid is not None or s.unhealthy
             if s.planned:
                 s.planned = s.crashed = False
-            elif s.crashed or old_pid is not None:
+            elif s.crashed or old_pid is not None or s.unhealthy:
                 s.restarts += 1
+                self.stats.restarted(s.name, "unhealthy" if s.unhealthy else "exit")
                 s.crashed = False
+            s.unhealthy = False
             s.pid_seen, s.ready_pid, s.health_failures = now, None, 0
             if old_pid is not None and not s.busy:
                 await self._end_strays(s, keep=obs.pid)
@@ -359,7 +367,11 @@ class ManagedBackend:
             if code == 200:
                 s.ready_pid, s.started, s.last_error = s.obs.pid, min(now, s.obs.since or now), None
                 s.next_probe = now + spec.health.interval
+                if s.timed:
+                    self.stats.spawned(now - s.pid_seen, ok=True)
             elif now - s.pid_seen > spec.settings.start_timeout and not s.busy and s.wanted:
+                if s.timed:
+                    self.stats.spawned(now - s.pid_seen, ok=False)
                 s.last_error = f"not ready after {spec.settings.start_timeout:g}s (last probe: {code})"
                 log.warning("%s: %s; restarting it", s.name, s.last_error)
                 await self._act(s, self._restart_by_manager(s))
@@ -372,9 +384,11 @@ class ManagedBackend:
             s.health_failures = 0
             return
         s.health_failures += 1
+        self.stats.health_failed(s.name)
         s.last_error = f"health check failed ({s.health_failures}/{spec.health.failures}): {code}"
         log.warning("%s: %s", s.name, s.last_error)
         if s.health_failures >= spec.health.failures and s.wanted:
+            s.unhealthy = True
             await self._act(s, self._restart_by_manager(s))
 
     async def _restart_by_manager(self, s: Server) -> None:

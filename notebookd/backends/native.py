@@ -26,6 +26,7 @@ from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transit
 from notebookd.ports import describe_holder, port_holder
 from notebookd.probe import http_status
 from notebookd.records import Record, RecordBook, fingerprint
+from notebookd.stats import Stats, restart_reason
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -119,6 +120,7 @@ class NativeServer:
                 await self._sleep(delay)
                 if self._want:
                     self.restarts += 1
+                    self.host.stats.restarted(self.spec.name, restart_reason(failure))
         except asyncio.CancelledError:
             if self.host.detaching:
                 return  # the process stays, its record too: the next daemon adopts it
@@ -155,6 +157,7 @@ class NativeServer:
         self._transition(S.STARTING, f"adopting pid {record.pid}, left running by an earlier notebookd"
                          if adopting else "")
         self._wake.clear()
+        spawned = None  # when the process was spawned (not adopted): the start's duration counts from there
         try:
             async with self.host.start_slots.slot(self._urgent):
                 if adopting:
@@ -163,12 +166,15 @@ class NativeServer:
                     if record is not None:  # started with another spec while no daemon watched
                         await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
                                               self.spec.settings.stop_timeout)
+                    spawned = time.monotonic()
                     await self._spawn()
                 outcome = await self._wait_ready()
-        except SpawnError as exc:
-            return str(exc)
-        except OSError as exc:  # preparing its files failed: a full disk, a vanished dir
-            return f"cannot prepare the server: {exc}"
+        except (SpawnError, OSError) as exc:  # OSError: preparing its files failed (a full disk, a vanished dir)
+            if spawned is not None:
+                self.host.stats.spawned(time.monotonic() - spawned, ok=False)
+            return str(exc) if isinstance(exc, SpawnError) else f"cannot prepare the server: {exc}"
+        if spawned is not None and outcome != "stop":
+            self.host.stats.spawned(time.monotonic() - spawned, ok=outcome == "ready")
         if outcome == "stop":
             await self._terminate("stop requested")
             return None
@@ -231,6 +237,7 @@ class NativeServer:
                     self.health_failures = 0
                     continue
                 self.health_failures += 1
+                self.host.stats.health_failed(self.spec.name)
                 self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
                 log.warning("%s: %s", self.spec.name, self.last_error)
                 self.host.changed()
@@ -349,6 +356,7 @@ class NativeBackend:
         self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
         self._fork_server: ForkServer | None = None
         self.changed = on_change
+        self.stats = Stats()  # restarts by reason, failed health checks, start durations (for the metrics)
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
 
     async def open(self) -> None:

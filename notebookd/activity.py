@@ -1,0 +1,141 @@
+"""What the users of each running server are doing, from jupyter's own `GET {base_url}api/status`.
+
+That answer (jupyter_server 1.23 and 2.x alike) has the kernel and connection counts and the
+server's last activity. Its handler does not count as activity, and `?no_track_activity=1` says so
+again for servers that might, so probing never keeps an idle server looking busy. It needs the
+user's token: servers with `auth: password` only are not probed (their figures stay unknown).
+
+Probes run only for running servers, all at once with a bound, and no more often than `min_age`
+however often someone asks (a scrape, the textfile, the idle refresh): the results are cached and
+`status` shows the cache, so it never waits on a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from notebookd.access import uses_token
+from notebookd.model import ServerSpec
+from notebookd.probe import _insecure_context
+
+log = logging.getLogger("notebookd")
+
+MAX_ANSWER = 64 * 1024  # an /api/status answer is ~150 bytes; anything longer is not one
+PARALLEL = 16  # probes in flight at once: 100 users must not open 100 connections in one go
+TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Activity:
+    kernels: int | None = None  # None: not known (never probed, password-only auth)
+    connections: int | None = None
+    last_activity: float | None = None  # wall clock; kept after the server stops (active users)
+
+
+class ActivityBook:
+    def __init__(self, tokens, min_age: float = 5.0):
+        self.tokens = tokens
+        self.min_age = min_age
+        self.seen: dict[str, Activity] = {}
+        self.refreshed = 0.0  # monotonic time of the last refresh
+        self._running: asyncio.Task | None = None
+
+    def get(self, name: str) -> Activity:
+        return self.seen.get(name, Activity())
+
+    async def refresh(self, running: dict[str, ServerSpec], everyone: set[str], max_age: float | None = None) -> None:
+        """Probe the `running` servers unless that was done less than `max_age` (at least `min_age`)
+        seconds ago; a refresh under way is shared, not repeated. `everyone`: the users still
+        configured (the others are dropped; stopped ones keep their last activity and run no kernels)."""
+        if self._running is not None:
+            await asyncio.shield(self._running)
+            return
+        if time.monotonic() - self.refreshed < max(self.min_age, max_age or 0.0):
+            return
+        self._running = asyncio.ensure_future(self._refresh(running, everyone))
+        try:
+            await asyncio.shield(self._running)
+        finally:
+            self._running = None
+
+    async def _refresh(self, running: dict[str, ServerSpec], everyone: set[str]) -> None:
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(spec: ServerSpec) -> tuple[str, Activity | str]:
+            async with gate:
+                return spec.name, await probe(spec, self.tokens.get(spec.name))
+
+        results = await asyncio.gather(*(one(s) for s in running.values() if uses_token(s)))
+        seen = {n: a for n, a in self.seen.items() if n in everyone}
+        for name in everyone - running.keys():
+            seen[name] = Activity(0, 0, self.get(name).last_activity)
+        for name, found in results:
+            if isinstance(found, str):
+                log.debug("%s: activity probe: %s", name, found)  # the health check reports a sick server
+                continue
+            last = max(filter(None, (found.last_activity, self.get(name).last_activity)), default=None)
+            seen[name] = Activity(found.kernels, found.connections, last)
+        self.seen = seen
+        self.refreshed = time.monotonic()
+
+    def run_idle(self, targets, every: float = 60.0) -> asyncio.Task:
+        """A task that refreshes every `every` seconds when nobody else did (so `status` has figures
+        without any monitoring); `targets()` gives (running specs, configured users)."""
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(max(1.0, self.refreshed + every - time.monotonic()))
+                if time.monotonic() - self.refreshed >= every:
+                    try:
+                        await self.refresh(*targets(), max_age=every)
+                    except Exception:  # a bug must not end the figures silently
+                        log.exception("activity probe failed")
+        return asyncio.create_task(loop(), name="activity")
+
+
+async def probe(spec: ServerSpec, token: str) -> Activity | str:
+    """The server's /api/status as an Activity, or why there is none."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(spec.ip, spec.ip)
+    hostname = f"[{host}]" if ":" in host else host
+    writer = None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await asyncio.open_connection(
+                host, spec.port, ssl=_insecure_context() if spec.tls.enabled else None, limit=MAX_ANSWER)
+            writer.write(f"GET {spec.base_url}api/status?no_track_activity=1 HTTP/1.0\r\n"
+                         f"Host: {hostname}:{spec.port}\r\nAuthorization: token {token}\r\n"
+                         "Accept: application/json\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            answer = await reader.read(MAX_ANSWER + 1)
+            while len(answer) <= MAX_ANSWER and (more := await reader.read(MAX_ANSWER + 1 - len(answer))):
+                answer += more
+    except TimeoutError:
+        return f"no answer within {TIMEOUT:g}s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    return parse(answer)
+
+
+def parse(answer: bytes) -> Activity | str:
+    """An HTTP/1.0 answer of /api/status → Activity, or what was wrong with it."""
+    if len(answer) > MAX_ANSWER:
+        return "answer too long"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        return f"HTTP {status[1].decode(errors='replace') if len(status) > 1 else '?'}"
+    try:
+        data = json.loads(body)
+        kernels, connections = int(data["kernels"]), int(data["connections"])
+        last = data.get("last_activity")
+        stamp = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() if last else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "not an /api/status answer"
+    return Activity(kernels, connections, stamp)
