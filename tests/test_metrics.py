@@ -132,7 +132,7 @@ def parsed(text: str) -> dict[str, dict[tuple, float]]:
     return out
 
 
-def at_the_same_moment(prom: Prometheus, lab, expr: str, from_row) -> tuple[dict, dict]:
+def at_the_same_moment(prom: Prometheus, lab, expr: str, from_row, until=lambda got: True) -> tuple[dict, dict]:
     """Prometheus' figure for each user and `status --json`'s, taken when Prometheus has scraped since
     the status was read and nothing changed in between (status read before and after agree)."""
     def take():
@@ -143,7 +143,7 @@ def at_the_same_moment(prom: Prometheus, lab, expr: str, from_row) -> tuple[dict
         if want != {n: from_row(after[n]) for n in lab.names}:
             return None
         got = {dict(k)["user"]: v for k, v in found.items()}
-        return (got, want) if got == want else None
+        return (got, want) if got == want and until(got) else None
     return wait_for(take, 30, interval=0.5, what=f"prometheus' {expr} to agree with status")
 
 
@@ -173,7 +173,8 @@ def test_kill_9_counts_one_restart_for_exit(lab, prom):
     assert got[bob] == before + 1 == want[bob]
     assert prom.value(f'notebookd_server_restarts_total{{user="{bob}",reason="requested"}}') == 0
     # its new start was timed: at least one successful spawn per user plus this one
-    assert prom.value('notebookd_server_spawn_duration_seconds_count{status="success"}') >= len(lab.names) + 1
+    wait_for(lambda: prom.value('notebookd_server_spawn_duration_seconds_count{status="success"}')
+             >= len(lab.names) + 1, 30, what="the new start in the spawn histogram")
 
 
 def test_kernels_counted_while_a_kernel_runs(lab, prom):
@@ -183,7 +184,8 @@ def test_kernels_counted_while_a_kernel_runs(lab, prom):
     assert status == 201, body
     kernel = json.loads(body)["id"]
     try:
-        got, want = at_the_same_moment(prom, lab, "notebookd_server_kernels", lambda r: float(r["kernels"] or 0))
+        got, want = at_the_same_moment(prom, lab, "notebookd_server_kernels", lambda r: float(r["kernels"] or 0),
+                                       until=lambda got: got.get(alice) == 1)
         assert got[alice] == 1 == want[alice] and got[lab.names[1]] == 0
         table = lab.cli("status", alice).stdout.splitlines()
         assert table[0].split()[8:11] == ["KERNELS", "LAST", "ACTIVE"]
@@ -195,7 +197,8 @@ def test_kernels_counted_while_a_kernel_runs(lab, prom):
         assert prom.value('notebookd_active_users{period="24h"}') >= 1
     finally:
         assert http(url + f"api/kernels/{kernel}", token, method="DELETE")[0] == 204
-    at_the_same_moment(prom, lab, "notebookd_server_kernels", lambda r: float(r["kernels"] or 0))
+    at_the_same_moment(prom, lab, "notebookd_server_kernels", lambda r: float(r["kernels"] or 0),
+                       until=lambda got: got.get(alice) == 0)
     assert lab.rows()[alice]["kernels"] == 0
 
 
