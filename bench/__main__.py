@@ -621,7 +621,8 @@ def main() -> int:
     ap.add_argument("--status-calls", type=int, default=None)
     ap.add_argument("--log-mb", type=int, default=None)
     ap.add_argument("--idle-seconds", type=float, default=None)
-    ap.add_argument("--only", default="cold,status,logs", help="scenarios to run (cold,status,logs)")
+    ap.add_argument("--only", default="cold,status,logs,scrape", help="scenarios to run (cold,status,logs,scrape)")
+    ap.add_argument("--scrape-window", type=float, default=None, help="seconds per scrape/idle window")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     q = args.quick
@@ -639,7 +640,7 @@ def main() -> int:
     log(header)
     work = tempfile.mkdtemp(prefix="nbb-")
     os.chmod(work, 0o755)
-    users = make_users(max(args.n + [args.status_users if "status" in only else 1]))
+    users = make_users(max(args.n + [args.status_users if only & {"status", "scrape"} else 1]))
     log(f"{len(users)} users {users[0]}…, work dir {work}")
     res: dict = {}
     try:
@@ -656,11 +657,20 @@ def main() -> int:
             res["status"] = status_and_idle(work, users[:args.status_users], args.status_calls, args.idle_seconds)
         if "logs" in only:
             res["logs"] = log_capture(work, users[0], args.log_mb * 10**6)
+        if "scrape" in only:
+            from bench import scrape
+
+            res["scrape"] = scrape.run(work, users[:args.status_users], args.scrape_window or (30 if q else 60),
+                                       2 if q else 4, 15.0, sys.modules[__name__])
     finally:
         delete_users(users)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
     text = f"Machine: {header}\n\nCommand: `bench/run {' '.join(sys.argv[1:])}`\n" + table(res, args)
+    if "scrape" in res:
+        from bench import scrape
+
+        text += "\n" + scrape.table(res["scrape"])
     print(text)
     if args.json:
         with open(args.json, "w") as fh:

@@ -1,4 +1,5 @@
-"""A stand-in server for the status and idle scenarios: answers GET {base_url}api with 200.
+"""A stand-in server for the status, idle and scrape scenarios: answers GET {base_url}api with 200, and
+GET {base_url}api/status as jupyter_server does (the metrics' activity probe; the token is not checked).
 
 It takes jupyter_server's flags (`--ServerApp.port=…`), so notebookd and supervisord run it with
 exactly the argv they would give a real server. The daemon's cost does not depend on what it
@@ -14,8 +15,12 @@ api = opts.get("base_url", "/") + "api"
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        ok = self.path.split("?")[0] == api
-        body = b'{"version": "stub"}' if ok else b"{}"
+        path = self.path.split("?")[0]
+        ok = path in (api, api + "/status")
+        body = b'{"version": "stub"}' if path == api else b"{}"
+        if path == api + "/status":
+            body = (b'{"connections": 0, "kernels": 0, "last_activity": "2026-01-01T00:00:00.000000Z", '
+                    b'"started": "2026-01-01T00:00:00.000000Z"}')
         self.send_response(200 if ok else 404)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

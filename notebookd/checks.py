@@ -41,7 +41,7 @@ def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
             jupyter.command(spec)
         except FileNotFoundError as exc:
             errors.append(f"{where(entry)}: {exc}")
-    errors += _backend_problems(config)
+    errors += _backend_problems(config) + _metrics_problems(config)
     low, high = config.listen.ports
     free = sum(1 for p in range(low, high + 1) if p not in explicit)
     if auto > free:
@@ -74,6 +74,19 @@ def _backend_problems(config: Config) -> list[str]:
         if not any(os.path.exists(os.path.join(d, TEMPLATE)) for d in dirs):
             return [f"{where}: {TEMPLATE} is not installed (copy units/{TEMPLATE} to /etc/systemd/system)"]
     return []
+
+
+def _metrics_problems(config: Config) -> list[str]:
+    """`metrics:` needs prometheus_client and, for the textfile, an existing directory."""
+    m = config.metrics
+    if not m.enabled:
+        return []
+    from notebookd.metrics import available
+
+    problems = [f"{config.file}: {reason}"] if (reason := available()) else []
+    if m.textfile and not os.path.isdir(os.path.dirname(m.textfile)):
+        problems.append(f"{config.file}: metrics.textfile: {os.path.dirname(m.textfile)} is not a directory")
+    return problems
 
 
 def access_problems(config: Config) -> list[str]:

@@ -387,8 +387,8 @@ class Daemon:
             "pid": os.getpid(), "version": __version__, "backend": self.config.backend,
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
             "reload": self.last_reload, "warnings": list(self.desired.warnings),
-            "metrics": {"listen": metrics.address(self.config.metrics), "textfile": self.config.metrics.textfile or None,
-                        "error": self.metrics.error},
+            "metrics": {"listen": metrics.address(self.config.metrics),
+                        "textfile": self.config.metrics.textfile or None, "error": self.metrics.error},
         }
 
 

@@ -17,7 +17,7 @@ import textwrap
 
 import psutil
 
-from conftest import Daemon, StatusClient, http, uid_processes, wait_for
+from conftest import Daemon, StatusClient, free_ports, http, uid_processes, wait_for
 
 VENV = sys.prefix  # world-readable (tests/run makes it with umask 022); bound into the container
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +45,7 @@ class Lab(StatusClient):
 CONFIG = """\
 backend: {backend}
 {extra}
+metrics: {{listen: 127.0.0.1:{metrics_port}}}
 listen: {{ip: 127.0.0.1, ports: {low}-{high}}}
 state_dir: {state}
 logs: {{dir: {logs}, max_size: 64KiB, keep: 2}}
@@ -60,10 +61,10 @@ RESTART = "{backoff_min: 0.5s, backoff_max: 3s, crashloop_after: 20}"
 
 
 def render(backend: str, extra: str, low: int, state: str, logs: str, entries: dict[str, str],
-           restart: str = RESTART) -> str:
+           restart: str = RESTART, metrics_port: int = 9750) -> str:
     users = "\n".join(f"  {n}: {v}" for n, v in entries.items())
     return CONFIG.format(backend=backend, extra=extra, low=low, high=low + 20, state=state, logs=logs, users=users,
-                         restart=restart)
+                         restart=restart, metrics_port=metrics_port)
 
 
 class HostLab(Lab):
@@ -75,10 +76,13 @@ class HostLab(Lab):
         if supervisord is not None:
             self.extra = f"supervisor: {{socket: {supervisord.socket}, conf_d: {supervisord.conf_d}}}"
         self.entries = {n: "{}" for n in names.values()}
+        self.metrics_url = f"http://127.0.0.1:{free_ports(1, low + 21)[0]}/metrics"
         self.daemon = Daemon(base, self._config())
 
     def _config(self) -> str:
-        return render(self.backend, self.extra, self.low, "{base}/state", "{base}/logs", self.entries, self.restart)
+        port = int(self.metrics_url.rsplit(":", 1)[1].split("/")[0])
+        return render(self.backend, self.extra, self.low, "{base}/state", "{base}/logs", self.entries, self.restart,
+                      metrics_port=port)
 
     def start(self) -> "HostLab":
         self.daemon.start(wait_ready=False)
@@ -189,6 +193,7 @@ class ContainerLab(Lab):
         self.bin = os.path.join(VENV, "bin", "notebookd")
         self.entries = {n: "{}" for n in names.values()}
         self.last_http_body = ""
+        self.metrics_url = "http://127.0.0.1:9750/metrics"  # the container's own loopback
 
     def setup(self) -> "ContainerLab":
         install_units(self.c, self.bin)

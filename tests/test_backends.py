@@ -227,3 +227,43 @@ def test_a_frozen_server_is_restarted_as_unhealthy(lab):
     assert row["restarts"] == before["restarts"] + 1
     assert lab.http(row["url"] + "api/kernels", lab.token(bob)) == 200
     assert before["pid"] not in lab.user_pids(bob)
+
+
+def test_every_backend_fills_the_same_metrics(lab):
+    """GET /metrics from each backend's daemon: the same series, agreeing with `status`. Run last: the
+    tests above left counts behind (since the adopting daemon: a start timeout and a reload for alice,
+    an unhealthy restart for bob)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rows = lab.wait_all_running()
+    assert lab.http(lab.metrics_url) == 200, lab.last_http_body
+    series: dict[str, dict] = {}
+    for family in text_string_to_metric_families(lab.last_http_body):
+        for s in family.samples:
+            series.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    assert series["notebookd_build_info"] == {(("backend", lab.backend), ("version", notebookd_version())): 1}
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    restarts = series["notebookd_server_restarts_total"]
+    for name, row in rows.items():
+        assert series["notebookd_server_state"][(("state", "running"), ("user", name))] == 1
+        assert series["notebookd_server_memory_bytes"][(("user", name),)] > 20 * 2**20
+        assert series["notebookd_server_cpu_seconds_total"][(("user", name),)] > 0
+        assert series["notebookd_server_kernels"][(("user", name),)] == 0
+        assert restarts[(("reason", "exit"), ("user", name))] + restarts[(("reason", "unhealthy"), ("user", name))] \
+            == row["restarts"], "the reasons add up to status' count"
+    assert restarts[(("reason", "unhealthy"), ("user", bob))] == 1
+    assert series["notebookd_health_check_failures_total"][(("user", bob),)] >= 2
+    assert restarts[(("reason", "exit"), ("user", alice))] >= 1, "the start timeout"
+    assert restarts[(("reason", "reload"), ("user", alice))] >= 1, "its command changed on reload"
+    assert series["notebookd_server_spawn_duration_seconds_count"][(("status", "failure"),)] >= 1
+    assert series["notebookd_server_spawn_duration_seconds_count"][(("status", "success"),)] >= 2
+    assert series["notebookd_servers"][(("state", "running"),)] == 2
+    # the scrape asked each running server's /api/status: status shows the figures too
+    assert all(r["kernels"] == 0 and r["last_activity"] for r in lab.rows().values())
+    assert lab.http(lab.metrics_url.replace("/metrics", "/"), method="GET") == 404
+
+
+def notebookd_version() -> str:
+    import notebookd
+
+    return notebookd.__version__
