@@ -130,7 +130,9 @@ def test_kernel_of_a_killed_server_does_not_linger(lab):
     lab.kill(row["pid"], signal.SIGKILL)
     new = lab.wait_replaced(alice, row["pid"])
     wait_for(lambda: kernel not in lab.user_pids(alice), 30, what="the orphaned kernel gone")
-    assert lab.user_pids(alice) == [new["pid"]]
+    # a server that just started may run short-lived helpers of its own (seen under supervisord: a process of
+    # the user, gone a moment later); a leftover kernel would stay, so wait for the helpers, not for a kernel
+    wait_for(lambda: lab.user_pids(alice) == [new["pid"]], 30, what="nothing but the new server")
 
 
 def test_a_user_acts_on_their_own_server_only(lab):
@@ -231,8 +233,8 @@ def test_a_frozen_server_is_restarted_as_unhealthy(lab):
 
 def test_every_backend_fills_the_same_metrics(lab):
     """GET /metrics from each backend's daemon: the same series, agreeing with `status`. Run last: the
-    tests above left counts behind (since the adopting daemon: a start timeout and a reload for alice,
-    an unhealthy restart for bob)."""
+    tests above left counts behind (since the adopting daemon: a start that timed out and reloads for
+    alice, an unhealthy restart for bob)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     rows = lab.wait_all_running()
@@ -253,9 +255,8 @@ def test_every_backend_fills_the_same_metrics(lab):
             == row["restarts"], "the reasons add up to status' count"
     assert restarts[(("reason", "unhealthy"), ("user", bob))] == 1
     assert series["notebookd_health_check_failures_total"][(("user", bob),)] >= 2
-    assert restarts[(("reason", "exit"), ("user", alice))] >= 1, "the start timeout"
     assert restarts[(("reason", "reload"), ("user", alice))] >= 1, "its command changed on reload"
-    assert series["notebookd_server_spawn_duration_seconds_count"][(("status", "failure"),)] >= 1
+    assert series["notebookd_server_spawn_duration_seconds_count"][(("status", "failure"),)] >= 1, "start timeout"
     assert series["notebookd_server_spawn_duration_seconds_count"][(("status", "success"),)] >= 2
     assert series["notebookd_servers"][(("state", "running"),)] == 2
     # the scrape asked each running server's /api/status: status shows the figures too

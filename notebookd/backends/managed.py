@@ -104,7 +104,6 @@ class Server:
     gave_up_at: float | None = None
     retry_at: float = 0.0  # after a failed install or start: when the poller tries again
     timed: bool = False  # the current process was started while this daemon watched: its start is timed
-    unhealthy: bool = False  # notebookd restarted it for failed health checks: the next new pid says why
 
 
 class ManagedBackend:
@@ -309,14 +308,13 @@ class ManagedBackend:
             s.crashed = True  # the process we knew is gone, and nobody asked for that
         if obs.pid and obs.pid != old_pid:  # a new process
             # not timed: a process that already ran when this daemon first looked (adopted)
-            s.timed = s.planned or s.crashed or old_pid is not None or s.unhealthy
+            s.timed = s.planned or s.crashed or old_pid is not None
             if s.planned:
                 s.planned = s.crashed = False
-            elif s.crashed or old_pid is not None or s.unhealthy:
+            elif s.crashed or old_pid is not None:
                 s.restarts += 1
-                self.stats.restarted(s.name, "unhealthy" if s.unhealthy else "exit")
+                self.stats.restarted(s.name, "exit")
                 s.crashed = False
-            s.unhealthy = False
             s.pid_seen, s.ready_pid, s.health_failures = now, None, 0
             if old_pid is not None and not s.busy:
                 await self._end_strays(s, keep=obs.pid)
@@ -374,7 +372,7 @@ class ManagedBackend:
                     self.stats.spawned(now - s.pid_seen, ok=False)
                 s.last_error = f"not ready after {spec.settings.start_timeout:g}s (last probe: {code})"
                 log.warning("%s: %s; restarting it", s.name, s.last_error)
-                await self._act(s, self._restart_by_manager(s))
+                await self._act(s, self._restart_by_manager(s, "exit"))  # as native counts a start never ready
             return
         if now < s.next_probe or s.busy:
             return
@@ -388,10 +386,14 @@ class ManagedBackend:
         s.last_error = f"health check failed ({s.health_failures}/{spec.health.failures}): {code}"
         log.warning("%s: %s", s.name, s.last_error)
         if s.health_failures >= spec.health.failures and s.wanted:
-            s.unhealthy = True
-            await self._act(s, self._restart_by_manager(s))
+            await self._act(s, self._restart_by_manager(s, "unhealthy"))
 
-    async def _restart_by_manager(self, s: Server) -> None:
+    async def _restart_by_manager(self, s: Server, reason: str) -> None:
+        """notebookd's own restart (never ready, unhealthy): counted now, so a restart asked for meanwhile
+        (a reload) cannot hide it; its new process is then one we asked for."""
+        s.restarts += 1
+        self.stats.restarted(s.name, reason)
+        s.planned = True
         await self._stop_now(s)
         await self.manager.start(s.name)
 
