@@ -6,8 +6,9 @@ again for servers that might, so probing never keeps an idle server looking busy
 user's token: servers with `auth: password` only are not probed (their figures stay unknown).
 
 Probes run only for running servers, all at once with a bound, and no more often than `min_age`
-however often someone asks (a scrape, the textfile, the idle refresh): the results are cached and
-`status` shows the cache, so it never waits on a server.
+(`metrics.activity_interval`, 60 s by default, as JupyterHub's activity interval is minutes) however
+often someone asks (a scrape, the textfile, the idle refresh): the results are cached and `status`
+shows the cache, so it never waits on a server.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Activity:
 
 
 class ActivityBook:
-    def __init__(self, tokens, min_age: float = 5.0):
+    def __init__(self, tokens, min_age: float = 60.0):
         self.tokens = tokens
         self.min_age = min_age
         self.seen: dict[str, Activity] = {}
@@ -48,14 +49,14 @@ class ActivityBook:
     def get(self, name: str) -> Activity:
         return self.seen.get(name, Activity())
 
-    async def refresh(self, running: dict[str, ServerSpec], everyone: set[str], max_age: float | None = None) -> None:
-        """Probe the `running` servers unless that was done less than `max_age` (at least `min_age`)
-        seconds ago; a refresh under way is shared, not repeated. `everyone`: the users still
+    async def refresh(self, running: dict[str, ServerSpec], everyone: set[str]) -> None:
+        """Probe the `running` servers unless that was done less than `min_age` seconds ago; a
+        refresh under way is shared, not repeated. `everyone`: the users still
         configured (the others are dropped; stopped ones keep their last activity and run no kernels)."""
         if self._running is not None:
             await asyncio.shield(self._running)
             return
-        if time.monotonic() - self.refreshed < max(self.min_age, max_age or 0.0):
+        if time.monotonic() - self.refreshed < self.min_age:
             return
         self._running = asyncio.ensure_future(self._refresh(running, everyone))
         try:
@@ -83,15 +84,15 @@ class ActivityBook:
         self.seen = seen
         self.refreshed = time.monotonic()
 
-    def run_idle(self, targets, every: float = 60.0) -> asyncio.Task:
-        """A task that refreshes every `every` seconds when nobody else did (so `status` has figures
+    def run_idle(self, targets) -> asyncio.Task:
+        """A task that refreshes every `min_age` seconds when nobody else did (so `status` has figures
         without any monitoring); `targets()` gives (running specs, configured users)."""
         async def loop() -> None:
             while True:
-                await asyncio.sleep(max(1.0, self.refreshed + every - time.monotonic()))
-                if time.monotonic() - self.refreshed >= every:
+                await asyncio.sleep(max(1.0, self.refreshed + self.min_age - time.monotonic()))
+                if time.monotonic() - self.refreshed >= self.min_age:
                     try:
-                        await self.refresh(*targets(), max_age=every)
+                        await self.refresh(*targets())
                     except Exception:  # a bug must not end the figures silently
                         log.exception("activity probe failed")
         return asyncio.create_task(loop(), name="activity")

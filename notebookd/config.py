@@ -142,6 +142,7 @@ class Metrics:
     allow_insecure: bool = False  # a non-loopback listen address is refused unless this is true
     textfile: str = ""  # node_exporter's textfile collector reads it; "": none
     interval: float = 15.0  # how often the textfile is rewritten
+    activity_interval: float = 60.0  # kernels, connections, last activity: asked of each server at most this often
 
     @property
     def enabled(self) -> bool:
@@ -657,7 +658,7 @@ def _check_remote_access(listen: Listen, tls: TLS, item: Located | None, file: s
 
 def _metrics(item: Located) -> Metrics:
     sec = _Section(item, {"listen": _optional(_host_port), "allow_insecure": _bool, "textfile": _optional_path,
-                          "interval": _positive_duration})
+                          "interval": _positive_duration, "activity_interval": _positive_duration})
     metrics = replace(Metrics(), **sec.values())
     if metrics.textfile and not metrics.textfile.endswith(".prom"):
         raise sec.keys["textfile"].error("must end in .prom (node_exporter's textfile collector reads only those)")

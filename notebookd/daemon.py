@@ -63,7 +63,7 @@ class Daemon:
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
         self.passwords = PasswordStore(self.config.state_dir)
-        self.activity = ActivityBook(self.tokens)
+        self.activity = ActivityBook(self.tokens, self.config.metrics.activity_interval)
         try:
             self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
             await self.backend.open()
@@ -73,7 +73,7 @@ class Daemon:
         self.stats = getattr(self.backend, "stats", None) or self.stats
         control = await serve(self.layout.socket, self.handle)
         await self.metrics.apply(self.config.metrics)
-        activity = self.activity.run_idle(self._activity_targets)
+        activity = self.activity.run_idle(self._activity_targets)  # every activity_interval when nobody scrapes
         async with self.lock:
             await self._reconcile()
         self.notifier.ready(self._summary())
@@ -156,6 +156,7 @@ class Daemon:
             self.config = new
             await self._reconcile()
         await self.metrics.apply(new.metrics)
+        self.activity.min_age = new.metrics.activity_interval
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
         log.info("reloaded %s", new.file)
         self.notifier.ready(self._summary())

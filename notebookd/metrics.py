@@ -268,7 +268,11 @@ class Service:
             return
         self._clients += 1
         try:
-            code, body = await self._answer(reader)
+            try:
+                code, body = await self._answer(reader)
+            except Exception:  # a bug: the scraper sees a 500, the log says why, the daemon goes on
+                log.exception("metrics: building the answer failed")
+                code, body = "500 Internal Server Error", b"see notebookd's log\n"
             headers = [f"HTTP/1.1 {code}", f"Content-Length: {len(body)}", "Connection: close"]
             if code.startswith("200"):
                 from prometheus_client import CONTENT_TYPE_LATEST

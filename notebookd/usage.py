@@ -1,14 +1,17 @@
-"""Memory and CPU of every server's process tree (kernels included), in one pass over /proc.
+"""Memory and CPU of every server's process tree (kernels included), read once per scrape.
 
-A scrape reads this once for all servers: one `process_iter` reads each process's stat and statm
-once, whatever the number of servers.
+From each server's pid down through `/proc/PID/task/*/children`: one `stat` read per process of a
+server gives its RSS and CPU, so the cost grows with the servers' processes, not with everything
+else the machine runs.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-import psutil
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -18,29 +21,49 @@ class Usage:
 
 
 def trees(roots: dict[str, int]) -> dict[str, Usage]:
-    """Usage of each `name: pid` tree. A kernel's CPU stays counted once it exits and its server
-    reaps it (the children times); a tree's figure drops only when processes that were never
-    reaped by it go (a restart), which Prometheus' rate() reads as a counter reset."""
-    children: dict[int, list[int]] = {}
-    own: dict[int, tuple[int, float]] = {}
-    for proc in psutil.process_iter(["ppid", "memory_info", "cpu_times"]):
-        info = proc.info
-        children.setdefault(info["ppid"], []).append(proc.pid)
-        mem, cpu = info["memory_info"], info["cpu_times"]
-        own[proc.pid] = (mem.rss if mem else 0,
-                         cpu.user + cpu.system + cpu.children_user + cpu.children_system if cpu else 0.0)
+    """Usage of each `name: pid` tree (a pid that is gone: left out). A kernel's CPU stays counted
+    once it exits and its server reaps it (the children times); a tree's figure drops only when
+    the server itself restarts, which Prometheus' rate() reads as a counter reset."""
     result = {}
     for name, pid in roots.items():
-        if pid not in own:
-            continue
         memory, seconds, todo, seen = 0, 0.0, [pid], set()
         while todo:
             p = todo.pop()
             if p in seen:
                 continue
             seen.add(p)
-            m, c = own.get(p, (0, 0.0))
-            memory, seconds = memory + m, seconds + c
-            todo.extend(children.get(p, ()))
-        result[name] = Usage(memory, seconds)
+            own = _stat(p)
+            if own is None:
+                continue
+            memory, seconds = memory + own[0], seconds + own[1]
+            todo.extend(_children(p))
+        if pid in seen and memory:
+            result[name] = Usage(memory, seconds)
     return result
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    # after the command: state ppid … utime(11) stime(12) cutime(13) cstime(14) … rss(21, pages)
+    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return int(fields[21]) * PAGE, ticks / TICK
+
+
+def _children(pid: int) -> list[int]:
+    """Children of every thread (a server may start a kernel from any of its threads)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                out += [int(x) for x in fh.read().split()]
+        except OSError:
+            continue
+    return out

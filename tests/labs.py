@@ -45,7 +45,7 @@ class Lab(StatusClient):
 CONFIG = """\
 backend: {backend}
 {extra}
-metrics: {{listen: 127.0.0.1:{metrics_port}}}
+metrics: {{listen: 127.0.0.1:{metrics_port}, activity_interval: 2s}}
 listen: {{ip: 127.0.0.1, ports: {low}-{high}}}
 state_dir: {state}
 logs: {{dir: {logs}, max_size: 64KiB, keep: 2}}

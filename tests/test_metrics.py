@@ -35,7 +35,7 @@ logs: {{dir: {{base}}/logs}}
 restart: {{backoff_min: 0.5s, backoff_max: 3s}}
 health: {{interval: 2s, timeout: 5s, failures: 2}}
 server: {{stop_timeout: 5s}}
-metrics: {{listen: 127.0.0.1:{metrics_port}, textfile: {textfile}, interval: 1s}}
+metrics: {{listen: 127.0.0.1:{metrics_port}, textfile: {textfile}, interval: 1s, activity_interval: 3s}}
 users:
 {entries}
 """
@@ -207,8 +207,8 @@ def test_probing_activity_does_not_count_as_activity(lab, prom):
     bob = lab.names[1]
     first = wait_for(lambda: lab.rows()[bob]["last_activity"], 30, what="bob's last activity known")
     scraped = prom.value('timestamp(up{job="notebookd"})')
-    # activity is probed at most every 5 s, whatever the scrape interval: wait for two probes' worth
-    wait_for(lambda: prom.value('timestamp(up{job="notebookd"})') - scraped >= 11, 60, what="11 s of scrapes")
+    # activity is probed at most every activity_interval (3 s here), whatever the scrape interval
+    wait_for(lambda: prom.value('timestamp(up{job="notebookd"})') - scraped >= 7, 60, what="7 s of scrapes")
     assert lab.rows()[bob]["last_activity"] == first, "a probe of /api/status counted as activity"
     assert prom.value(f'notebookd_server_last_activity_timestamp_seconds{{user="{bob}"}}') == pytest.approx(first)
 
