@@ -20,7 +20,7 @@ from notebookd.paths import Layout
 from notebookd.units import parse_duration, parse_size
 from notebookd.yamlsource import ConfigError, Located, parse
 
-BACKENDS = ("native", "supervisor", "systemd")
+BACKENDS = ("native", "supervisor", "systemd", "slurm")
 USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 
@@ -73,6 +73,22 @@ class Kernel:
 
 
 @dataclass(frozen=True)
+class Slurm:
+    """What a server's Slurm job asks for (`slurm:` gives the defaults, `users.NAME.slurm:` overrides keys);
+    empty values are left to the cluster's defaults. Passed to sbatch as given: Slurm checks them."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = ""  # Slurm's time syntax: minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+    cpus: int | None = None  # --cpus-per-task
+    mem: str = ""  # --mem, Slurm's size syntax (4G, 500M)
+    gres: str = ""  # e.g. gpu:1
+    extra: tuple[str, ...] = ()  # more sbatch options, each one word (--constraint=ib)
+    shared_dir: str = ""  # top level only: a root-owned directory every node sees; "" = the run dir
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """What a user's server runs with; `server:` gives the defaults, `users.NAME:` overrides them."""
 
@@ -88,6 +104,7 @@ class ServerSettings:
     start_timeout: float = 60.0
     stop_timeout: float = 10.0
     spawn: str = "exec"  # or "fork": from a template that imported jupyter_server once (forkserver.py)
+    slurm: Slurm = Slurm()  # backend: slurm only
 
 
 SPAWN_MODES = ("exec", "fork")
@@ -394,10 +411,10 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
     "stop_timeout": _positive_duration,
     "spawn": _spawn,
 }
-_USER_KEYS = {"port": _port, **_SERVER_KEYS}
+_USER_KEYS = {"port": _port, "slurm": lambda item: item, **_SERVER_KEYS}  # slurm: merged over the defaults
 
 _TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "supervisor", "limits", "state_dir",
-             "groups", "users", "tls", "proxy", "kernels", "embed")
+             "groups", "users", "tls", "proxy", "kernels", "embed", "slurm")
 
 
 def _positive(item_key: str, value: float, section: _Section) -> None:
@@ -464,6 +481,9 @@ def from_document(root: Located, layout: Layout) -> Config:
         server = replace(server, **sec.values())
         _check_spawn(server, sec)
 
+    if "slurm" in keys:
+        server = replace(server, slurm=_slurm(keys["slurm"], Slurm(), top=True))
+
     restart = Restart()
     if "restart" in keys:
         sec = _Section(keys["restart"], {
@@ -529,6 +549,8 @@ def from_document(root: Located, layout: Layout) -> Config:
                 other, line = seen_ports[port]
                 raise sec.keys["port"].error(f"port {port} is already given to {other} (line {line})")
             seen_ports[port] = (name, sec.keys["port"].line)
+        if "slurm" in values:  # a user's slurm: keys override the defaults one by one
+            values["slurm"] = _slurm(values["slurm"], server.slurm, top=False)
         if "env" in values:  # a user's env adds to (and may override) the defaults
             values["env"] = tuple(sorted({**dict(server.env), **dict(values["env"])}.items()))
         settings = replace(server, **values)
@@ -554,6 +576,50 @@ def _name(item: Located, what: str) -> str:
     if not USERNAME.fullmatch(name):
         raise item.error(f"{name!r} is not a valid Unix {what} name")
     return name
+
+
+# ---- slurm: what each server's job asks for ----
+
+_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.I)
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:=+*/@%-]+")
+# sbatch options notebookd sets itself: who runs the job, with what environment, where it writes
+_SLURM_OWN = re.compile(r"--(?:uid|gid|export|export-file|get-user-env|output|error|input|open-mode|job-name|chdir|"
+                        r"wrap|parsable|array|requeue|no-requeue|test-only|hold|wait|batch|nodes|ntasks)(?:=|$)")
+
+
+def _slurm_word(item: Located) -> str:
+    text = _str(item)
+    if text and not _SLURM_WORD.fullmatch(text):
+        raise item.error(f"{text!r} is not a Slurm value (letters, digits and . , : = + * / @ % - only)")
+    return text
+
+
+def _slurm_time(item: Located) -> str:
+    text = _str(item)
+    if text and not _SLURM_TIME.fullmatch(text):
+        raise item.error(f"{text!r} is not a Slurm time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
+    return text
+
+
+def _slurm_extra(item: Located) -> tuple[str, ...]:
+    words = _str_list(item)
+    for word, located in zip(words, item.value):
+        if not word.startswith("--") or not _SLURM_WORD.fullmatch(word):
+            raise located.error(f"{word!r}: give each sbatch option as one word, --name=value")
+        if _SLURM_OWN.match(word):
+            raise located.error(f"{word!r} is set by notebookd (who runs the job, its environment, its output)")
+    return words
+
+
+def _slurm(item: Located, base: Slurm, top: bool) -> Slurm:
+    known: dict[str, Callable[[Located], Any]] = {
+        "partition": _slurm_word, "account": _slurm_word, "qos": _slurm_word, "time": _slurm_time,
+        "cpus": _optional(_int_range(1, 100000, "CPU count")), "mem": _slurm_word, "gres": _slurm_word,
+        "extra": _slurm_extra,
+    }
+    if top:
+        known["shared_dir"] = _absolute
+    return replace(base, **_Section(item, known).values())
 
 
 # ---- access: auth, TLS, the remote-access rule, the proxy, shared kernels ----

@@ -1,0 +1,315 @@
+"""backend: slurm against a real one-node cluster (tests/slurmcluster.py: Debian's munged, slurmctld, slurmd),
+plus the parsing and state logic against Slurm's own output for two nodes (recorded, see TWO_NODES: this
+build's slurmd cannot run twice on one machine) in the fast tier.
+
+The node has as many CPUs as the machine (2 here and in CI); each server's job asks for one, so two
+servers fill the partition and a third one waits for resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import Daemon, free_ports, needs_root, wait_for
+from labs import HostLab
+from notebookd.backends import slurm
+from notebookd.backends.managed import Observed
+
+
+# ---- the fast tier: Slurm's own output, recorded from 22.05.8 with two nodes (n1, n2) ----
+
+TWO_NODES_SQUEUE = """\
+41|notebookd-alice|alice|RUNNING|None|n1|2026-12-01T19:40:02
+42|notebookd-bob|bob|RUNNING|None|n2|2026-12-01T19:40:03
+43|notebookd-carol|carol|PENDING|Resources||N/A
+44|notebookd-dave|dave|PENDING|Priority||N/A
+39|notebookd-erin|erin|FAILED|NonZeroExitCode|n2|2026-12-01T19:38:00
+38|notebookd-frank|frank|NODE_FAIL|None|n1|2026-12-01T19:37:00
+"""
+TWO_NODES_SINFO = "n1|10.0.0.11\nn2|10.0.0.12\n"
+
+
+def test_squeue_and_sinfo_output_of_two_nodes():
+    jobs = slurm.parse_squeue(TWO_NODES_SQUEUE)
+    assert {j.id: (j.user, j.state, j.node) for j in jobs.values()} == {
+        "41": ("alice", "RUNNING", "n1"), "42": ("bob", "RUNNING", "n2"), "43": ("carol", "PENDING", ""),
+        "44": ("dave", "PENDING", ""), "39": ("erin", "FAILED", "n2"), "38": ("frank", "NODE_FAIL", "n1")}
+    assert jobs["43"].start is None and jobs["41"].start is not None
+    assert slurm.parse_sinfo_addresses(TWO_NODES_SINFO) == {"n1": "10.0.0.11", "n2": "10.0.0.12"}
+    assert slurm.pending_reason("Resources") == "Slurm: waiting for resources"
+    assert "Priority" in slurm.pending_reason("Priority")
+    assert slurm.describe_end(jobs["39"]) == "job 39 failed (NonZeroExitCode) on n2"
+
+
+def _spec(name: str, **slurm_keys):
+    from dataclasses import replace
+
+    from notebookd.config import Health, Logs, Restart, ServerSettings, Slurm
+    from notebookd.model import Account, ServerSpec
+
+    settings = replace(ServerSettings(), slurm=replace(Slurm(), **slurm_keys))
+    return ServerSpec(Account(name, 5000, 5000, (), f"/home/{name}", "/bin/sh"), "0.0.0.0", 8801,
+                      f"/user/{name}/", f"/home/{name}", settings, Restart(backoff_min=1, backoff_max=8,
+                                                                            crashloop_after=3), Health(), Logs())
+
+
+class RecordedCluster(slurm.SlurmManager):
+    """The manager's logic over recorded squeue/sinfo answers instead of the commands (pure logic: the
+    commands themselves are exercised against the real cluster below)."""
+
+    def __init__(self, squeue: str):
+        super().__init__("/run/x", tempfile.mkdtemp(), "/shared", env={})
+        self.answers = {"squeue": squeue, "sinfo": TWO_NODES_SINFO}
+        self.submitted: list[str] = []
+
+    async def _run(self, argv, stdin=None, spec=None):
+        if argv[0] == "sbatch":
+            self.submitted.append(spec.name)
+            return "99\n"
+        return self.answers[argv[0]]
+
+
+def test_jobs_on_two_nodes_map_onto_server_states():
+    m = RecordedCluster(TWO_NODES_SQUEUE)
+    names = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    for i, name in enumerate(names):
+        m.jobs[name] = str(41 + i) if i < 4 else str(39 - (i - 4))
+        m.defs[name] = (_spec(name), "", [], "d")
+        m._save = lambda name: None
+    seen = asyncio.run(m.observe(names))
+    assert (seen["alice"].state, seen["alice"].host, seen["alice"].pid) == ("up", "10.0.0.11", 41)
+    assert (seen["bob"].state, seen["bob"].host) == ("up", "10.0.0.12")  # probed on its own node
+    assert seen["carol"] == Observed("starting", error="Slurm: waiting for resources")
+    assert seen["dave"].state == "starting" and "Priority" in seen["dave"].error
+    # failed and node-failed jobs: backoff first (backoff_min), not resubmitted at once
+    assert seen["erin"].state == "backoff" and seen["frank"].state == "backoff"
+    assert m.submitted == []
+    assert "failed" in m.last_end["erin"] and "node failed" in m.last_end["frank"]
+    # the delay passes: a new job (a resubmission, not a requeue, which would wait for cred_expire)
+    m.backoff["erin"].at = 0
+    m.answers["squeue"] = ""
+    again = asyncio.run(m.observe(["erin"]))
+    assert again["erin"].state == "starting" and m.submitted == ["erin"] and m.jobs["erin"] == "99"
+
+
+def test_backoff_doubles_and_gives_up_to_the_slowest_pace():
+    spec, b = _spec("a"), slurm.Backoff()
+    delays = []
+    for _ in range(4):
+        b.failed(spec, 0.0)
+        delays.append(b.at)
+    assert delays == [1, 2, 8, 8] and b.gave_up(spec)
+
+
+def test_the_job_script_and_sbatch_options_carry_no_secret():
+    from notebookd import launch
+
+    spec = _spec("alice", partition="gpu", cpus=4, mem="8G", gres="gpu:1", time="1-00:00:00",
+                 extra=("--constraint=ib",))
+    run = launch.Launch(("/usr/bin/python3", "-I", "-m", "jupyter_server", "--config=/s/c.json"),
+                        {"JUPYTER_TOKEN_FILE": "/shared/servers/alice/token", "HOME": "/home/alice",
+                         "NOTEBOOKD_SERVER": "alice@/shared"}, "/home/al ice", "alice@/shared")
+    text = slurm.script(run, spec, "/shared/logs/alice/server.log", "/usr/bin/python3")
+    assert "'/home/al ice'" in text and "JUPYTER_TOKEN_FILE=/shared/servers/alice/token" in text
+    assert text.startswith("#!/bin/bash\n")
+    args = slurm.sbatch_args(spec, "/shared/logs/alice/server.log")
+    assert "--export=NONE" in args and "--job-name=notebookd-alice" in args
+    for word in ("--partition=gpu", "--cpus-per-task=4", "--mem=8G", "--gres=gpu:1", "--time=1-00:00:00",
+                 "--constraint=ib", "--output=/shared/logs/alice/server.log", "--nodes=1"):
+        assert word in args
+    with pytest.raises(Exception, match="line break"):
+        slurm.script(launch.Launch(("a\nb",), {}, "/", "m"), spec, "/l", "/usr/bin/python3")
+
+
+def test_slurm_config_keys(tmp_path):
+    from notebookd import config
+    from notebookd.yamlsource import ConfigError
+
+    def load(text):
+        path = tmp_path / "n.yaml"
+        path.write_text(text)
+        return config.load(_layout(str(path)))
+
+    c = load("backend: slurm\nslurm: {partition: lab, cpus: 2, mem: 4G, shared_dir: /shared/nb}\n"
+             "users:\n  alice: {slurm: {cpus: 8, gres: 'gpu:1'}}\n  bob: {}\n")
+    alice, bob = c.user("alice").settings.slurm, c.user("bob").settings.slurm
+    assert (alice.partition, alice.cpus, alice.mem, alice.gres) == ("lab", 8, "4G", "gpu:1")
+    assert (bob.cpus, bob.gres, c.server.slurm.shared_dir) == (2, "", "/shared/nb")
+    for bad, message in (("slurm: {extra: ['--uid=0']}", "set by notebookd"),
+                         ("slurm: {extra: ['--export=ALL']}", "set by notebookd"),
+                         ("slurm: {time: soon}", "time limit"),
+                         ("slurm: {partition: 'a b'}", "Slurm value"),
+                         ("slurm: {cpu: 2}", "did you mean 'cpus'"),
+                         ("users:\n  alice: {slurm: {shared_dir: /x}}", "unknown key")):
+        with pytest.raises(ConfigError, match=message):
+            load(bad + "\n")
+
+
+def _layout(path: str):
+    from notebookd import paths
+
+    return paths.Layout(system=True, config=path, config_explicit=True, run_dir="/run/x", state_dir="/var/lib/x",
+                        log_dir="/var/log/x")
+
+
+# ---- the real cluster ----
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from slurmcluster import Cluster
+
+    base = tempfile.mkdtemp(prefix="nbt-slurm-")
+    os.chmod(base, 0o755)
+    c = Cluster(base).start()
+    yield c
+    c.stop()
+    if not os.environ.get("NBT_KEEP"):
+        c.remove()
+
+
+class SlurmLab(HostLab):
+    wait_timeout = 120.0
+
+    def __init__(self, cluster, base, names, low):
+        self.cluster = cluster
+        super().__init__("slurm", base, names, low)
+        # one CPU and a little memory each: two servers fill the 2-CPU node
+        self.extra = "slurm: {cpus: 1, mem: 400M}"
+        self.daemon = Daemon(base, self._config(), extra_env={"SLURM_CONF": cluster.conf})
+
+    def job(self, name: str) -> dict:
+        return next(j for j in self.cluster.jobs() if j["id"] == str(self.rows()[name]["pid"]))
+
+
+@pytest.fixture(scope="module")
+def lab(cluster, users):
+    names = {"alice": users("slalice").pw_name, "bob": users("slbob").pw_name}
+    base = os.path.join(cluster.base, "lab")
+    os.makedirs(base, mode=0o755)
+    lab = SlurmLab(cluster, base, names, free_ports(1, 27000)[0]).start()
+    yield lab
+    lab.stop()
+    for user in names.values():
+        wait_for(lambda: not lab.user_pids(user), 60, what=f"{user}'s processes gone")
+
+
+@needs_root
+def test_servers_are_jobs_of_their_users_and_answer_with_their_token(lab):
+    for name in lab.names.values():
+        row = lab.rows()[name]
+        job = lab.job(name)
+        assert (job["name"], job["user"], job["state"], job["nodes"]) == (f"notebookd-{name}", name, "RUNNING",
+                                                                          "localhost")
+        assert row["url"].startswith(f"http://127.0.0.1:{row['port']}/user/{name}/")
+        assert lab.http(row["url"] + "api/kernels", lab.token(name)) == 200
+        assert lab.http(row["url"] + "api/kernels") == 403
+        server = lab.pid_of(name, "jupyter_server")
+        assert server and lab.proc_user(server) == name
+        # submitted by the user: the job's UserId is theirs, and it is no root-submitted job
+        shown = lab.cluster.scontrol("show", "job", job["id"]).stdout
+        assert f"UserId={name}(" in shown
+    urls = lab.cli("url").stdout
+    assert all(f"127.0.0.1:{lab.rows()[n]['port']}" in urls for n in lab.names.values())
+    nginx = lab.cli("render", "nginx").stdout
+    assert all(f"proxy_pass http://127.0.0.1:{lab.rows()[n]['port']}" in nginx for n in lab.names.values())
+
+
+@needs_root
+def test_no_token_in_scontrol_ps_the_batch_script_or_readable_files(lab):
+    for name in lab.names.values():
+        token = lab.token(name)
+        jid = lab.job(name)["id"]
+        shown = lab.cluster.scontrol("show", "job", "-d", jid).stdout
+        assert token not in shown
+        script = lab.cluster.scontrol("write", "batch_script", jid, "-").stdout
+        assert "jupyter_server" in script and token not in script
+        ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+        assert token not in ps
+        for pid in lab.user_pids(name):
+            assert token not in json.dumps(lab.proc_env(pid))
+        for path, mode, text in lab.secret_places():
+            if token in text:
+                assert mode & 0o077 == 0, path
+
+
+@needs_root
+def test_logs_are_the_users_own_and_follow_the_job(lab):
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    out = lab.cli("logs", alice, user=alice)
+    assert out.returncode == 0 and "Jupyter Server" in out.stdout, out.stderr
+    path = os.path.join(lab.base, "run", "logs", alice, "server.log")
+    st, dst = os.stat(path), os.stat(os.path.dirname(path))
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pwd.getpwnam(alice).pw_uid, 0o600)
+    assert (dst.st_uid, stat.S_IMODE(dst.st_mode)) == (pwd.getpwnam(alice).pw_uid, 0o700)
+    assert lab.cli("logs", alice, user=bob).returncode != 0
+
+
+@needs_root
+def test_kill_9_of_the_server_brings_it_back_on_its_port_without_its_kernel(lab):
+    bob = lab.names["bob"]
+    row = lab.rows()[bob]
+    status = lab.http(row["url"] + "api/kernels", lab.token(bob), method="POST", body=b"{}")
+    assert status == 201, lab.last_http_body
+    kernel_id = json.loads(lab.last_http_body)["id"]
+    kernel = wait_for(lambda: lab.pid_of(bob, kernel_id), 60, what="the kernel process")
+    lab.kill(lab.pid_of(bob, "jupyter_server"))
+    again = lab.wait_replaced(bob, row["pid"])  # a new job (its id is the PID column)
+    assert again["port"] == row["port"] and again["restarts"] >= 1
+    assert lab.http(again["url"] + "api/kernels", lab.token(bob)) == 200
+    assert kernel not in lab.user_pids(bob)  # ended by the job's wrapper, on the node
+    old = next(j for j in lab.cluster.jobs() if j["id"] == str(row["pid"]))
+    assert old["state"] == "FAILED"
+
+
+@needs_root
+def test_pending_with_slurms_reason_when_the_partition_is_full_then_removed_by_a_reload(lab, users):
+    carol = users("slcarol").pw_name
+    entries = dict(lab.entries)
+    lab.set_users({**entries, carol: "{}"})
+    assert lab.reload().returncode == 0
+    # "waiting to be scheduled" (reason None) until the scheduler has looked at it, then Resources
+    row = wait_for(lambda: (r := lab.rows().get(carol)) and "waiting for resources" in (r["last_error"] or "")
+                   and r, 60, what="carol pending for resources")
+    assert row["state"] == "starting"
+    out = lab.cli("status")
+    assert carol in out.stdout and "waiting for resources" in out.stdout
+    jid = next(j["id"] for j in lab.cluster.jobs() if j["name"] == f"notebookd-{carol}")
+    lab.set_users(entries)
+    assert lab.reload().returncode == 0
+    wait_for(lambda: carol not in lab.rows(), 60, what="carol gone")
+    assert next(j for j in lab.cluster.jobs() if j["id"] == jid)["state"] == "CANCELLED"
+    assert all(r["state"] == "running" for r in lab.rows().values())
+
+
+@needs_root
+def test_stop_cancels_the_job_and_leaves_no_process(lab):
+    alice = lab.names["alice"]
+    row = lab.rows()[alice]
+    status = lab.http(row["url"] + "api/kernels", lab.token(alice), method="POST", body=b"{}")
+    assert status == 201
+    wait_for(lambda: len(lab.user_pids(alice)) >= 2, 60, what="a kernel")
+    assert lab.cli("stop", alice).returncode == 0
+    assert lab.rows()[alice]["state"] == "stopped"
+    assert lab.user_pids(alice) == []
+    assert next(j for j in lab.cluster.jobs() if j["id"] == str(row["pid"]))["state"] == "CANCELLED"
+    assert lab.cli("start", alice).returncode == 0
+    lab.wait_state(alice, "running")
+
+
+@needs_root
+def test_a_new_daemon_adopts_the_jobs(lab):
+    before = {n: lab.rows()[n]["pid"] for n in lab.names.values()}
+    lab.restart_keeping_servers()
+    lab.wait_all_running()
+    assert {n: lab.rows()[n]["pid"] for n in lab.names.values()} == before
+    assert "adopting Slurm job" in lab.daemon_log()
