@@ -618,7 +618,7 @@ def _slurm(item: Located, base: Slurm, top: bool) -> Slurm:
         "extra": _slurm_extra,
     }
     if top:
-        known["shared_dir"] = _absolute
+        known["shared_dir"] = _optional_path
     return replace(base, **_Section(item, known).values())
 
 
