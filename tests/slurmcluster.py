@@ -1,9 +1,13 @@
-"""A one-node Slurm cluster of the test's own: Debian's munged, slurmctld and slurmd (22.05), no systemd.
+"""A Slurm cluster of the test's own: Debian's munged, slurmctld and slurmd (22.05), no systemd.
 
 Everything lives under one base directory: munge's key, socket and log (munged runs as the munge user, as
 on a real node), slurm.conf with ports of its own (never the default 6817/6818, so a real cluster on the
-machine is left alone), the state and spool directories. The node is this machine, on loopback. Each
-daemon is stopped by its own pid, nothing else.
+machine is left alone), the state and spool directories. Each daemon is stopped by its own pid, nothing else.
+
+One node (`localhost`, 127.0.0.1, the machine's CPUs), or two: Debian's slurmd runs several times on one
+machine with `-N NAME` (each node with its own Port= and spool), so `n1` and `n2` get one CPU each and
+jobs really land on two nodes. Both have NodeAddr 127.0.0.1: the servers listen on loopback only, as every
+network test here does (distinct node addresses are tested against recorded sinfo output).
 """
 
 from __future__ import annotations
@@ -22,18 +26,17 @@ SLURM_CONF = """\
 ClusterName=nbt
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={base}/munge/munge.socket
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={base}/state
-SlurmdSpoolDir={base}/spool
+SlurmdSpoolDir={base}/spool-%n
 SlurmctldPidFile={base}/slurmctld.pid
-SlurmdPidFile={base}/slurmd.pid
+SlurmdPidFile={base}/slurmd-%n.pid
 SlurmctldLogFile={base}/slurmctld.log
-SlurmdLogFile={base}/slurmd.log
+SlurmdLogFile={base}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -46,9 +49,10 @@ KillWait=5
 InactiveLimit=0
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
-PartitionName=lab Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=lab Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
+NODE = "NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} CPUs={cpus} RealMemory={memory}"
 
 
 def _node_size() -> tuple[int, int]:
@@ -59,8 +63,9 @@ def _node_size() -> tuple[int, int]:
 
 
 class Cluster:
-    def __init__(self, base: str):
+    def __init__(self, base: str, nodes: int = 1):
         self.base = base
+        self.node_names = ["localhost"] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
         self.conf = os.path.join(base, "slurm.conf")
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": self.conf, "LANG": "C.UTF-8"}
         self.procs: list[subprocess.Popen] = []
@@ -82,18 +87,20 @@ class Cluster:
                    f"--pid-file={mdir}/munged.pid", f"--log-file={mdir}/munged.log",
                    f"--seed-file={mdir}/munged.seed"], user=munge.pw_uid, group=munge.pw_gid, name="munged")
         self._wait(lambda: os.path.exists(f"{mdir}/munge.socket"), "munged's socket")
-        for d in ("state", "spool"):
-            os.makedirs(os.path.join(self.base, d), mode=0o755)
-        ctld, slurmd = free_ports(2, 26000)
+        os.makedirs(os.path.join(self.base, "state"), mode=0o755)
+        ctld, *ports = free_ports(1 + len(self.node_names), 26000)
+        cpus, memory = (self.cpus, self.memory) if len(self.node_names) == 1 else (1, self.memory // 4)
+        nodes = [NODE.format(name=n, port=p, cpus=cpus, memory=memory) for n, p in zip(self.node_names, ports)]
         with open(self.conf, "w") as fh:
-            fh.write(SLURM_CONF.format(base=self.base, ctld_port=ctld, slurmd_port=slurmd, cpus=self.cpus,
-                                       memory=self.memory))
+            fh.write(SLURM_CONF.format(base=self.base, ctld_port=ctld, nodes="\n".join(nodes),
+                                       names=",".join(self.node_names)))
         os.chmod(self.conf, 0o644)
         self._run(["slurmctld", "-D", "-i", "-f", self.conf], name="slurmctld")
         self._wait(lambda: self.scontrol("ping").returncode == 0 and "UP" in self.scontrol("ping").stdout,
                    "slurmctld answering")
-        self._run(["slurmd", "-D", "-f", self.conf], name="slurmd")
-        self._wait(lambda: self.node_state().startswith("IDLE"), "the node idle")
+        for name in self.node_names:
+            self._run(["slurmd", "-D", "-N", name, "-f", self.conf], name=f"slurmd-{name}")
+        self._wait(lambda: self.node_states() == ["IDLE"] * len(self.node_names), "every node idle")
         return self
 
     def _run(self, argv, name, **kw) -> None:
@@ -115,7 +122,9 @@ class Cluster:
 
     def logs(self) -> str:
         text = []
-        for name in ("slurmctld.log", "slurmd.log", "munge/munged.log", "slurmctld.out", "slurmd.out"):
+        names = ["slurmctld.log", "munge/munged.log", "slurmctld.out"]
+        names += [f"slurmd-{n}.{ext}" for n in self.node_names for ext in ("log", "out")]
+        for name in names:
             path = os.path.join(self.base, name)
             if os.path.exists(path):
                 text.append(f"--- {name}\n" + open(path, errors="replace").read()[-3000:])
@@ -127,9 +136,8 @@ class Cluster:
     def scontrol(self, *args: str) -> subprocess.CompletedProcess:
         return self.command("scontrol", *args)
 
-    def node_state(self) -> str:
-        out = self.command("sinfo", "-h", "-N", "-o", "%T").stdout.strip()
-        return out.upper()
+    def node_states(self) -> list[str]:
+        return self.command("sinfo", "-h", "-N", "-o", "%T").stdout.upper().split()
 
     def jobs(self) -> list[dict[str, str]]:
         """Every job slurmctld still knows (finished ones until MinJobAge), from squeue."""

@@ -1,9 +1,10 @@
-"""backend: slurm against a real one-node cluster (tests/slurmcluster.py: Debian's munged, slurmctld, slurmd),
-plus the parsing and state logic against Slurm's own output for two nodes (recorded, see TWO_NODES: this
-build's slurmd cannot run twice on one machine) in the fast tier.
+"""backend: slurm against a real cluster of two nodes (tests/slurmcluster.py: Debian's munged, slurmctld and
+two slurmd -N on this machine, one CPU each), plus the parsing and the state logic against Slurm's own
+output, recorded from such a cluster, in the fast tier.
 
-The node has as many CPUs as the machine (2 here and in CI); each server's job asks for one, so two
-servers fill the partition and a third one waits for resources.
+Each server's job asks for one CPU, so alice and bob run on different nodes, and a third server waits for
+resources. Both nodes have NodeAddr 127.0.0.1 (loopback only): that a server is reached at its own node's
+address is tested against recorded output with two addresses.
 """
 
 from __future__ import annotations
@@ -24,29 +25,39 @@ from notebookd.backends import slurm
 from notebookd.backends.managed import Observed
 
 
-# ---- the fast tier: Slurm's own output, recorded from 22.05.8 with two nodes (n1, n2) ----
+# ---- the fast tier: Slurm's own output, recorded from 22.05.8 with two nodes (tests/slurmcluster.py, nodes=2,
+# jobs submitted by root with these names) ----
 
-TWO_NODES_SQUEUE = """\
-41|notebookd-alice|alice|RUNNING|None|n1|2026-12-01T19:40:02
-42|notebookd-bob|bob|RUNNING|None|n2|2026-12-01T19:40:03
-43|notebookd-carol|carol|PENDING|Resources||N/A
-44|notebookd-dave|dave|PENDING|Priority||N/A
-39|notebookd-erin|erin|FAILED|NonZeroExitCode|n2|2026-12-01T19:38:00
-38|notebookd-frank|frank|NODE_FAIL|None|n1|2026-12-01T19:37:00
+RECORDED_SQUEUE = """\
+1|notebookd-erin|root|FAILED|NonZeroExitCode|n1|2026-12-01T19:39:26
+3|notebookd-bob|root|PENDING|Resources||N/A
+4|notebookd-carol|root|PENDING|Priority||N/A
+5|notebookd-dave|root|PENDING|Priority||N/A
+2|notebookd-alice|root|RUNNING|None|n2|2026-12-01T19:39:26
 """
+RECORDED_BOTH_RUNNING = """\
+1|notebookd-u1|root|CANCELLED|None|n1|2026-12-01T19:38:36
+4|notebookd-u4|root|PENDING|Resources||N/A
+2|notebookd-u2|root|RUNNING|None|n2|2026-12-01T19:38:36
+3|notebookd-u3|root|RUNNING|None|n1|2026-12-01T19:38:39
+"""
+# `sinfo -h -N -o '%N|%o'` of that cluster prints 127.0.0.1 for both (its nodes share the machine); a cluster
+# whose nodes have their own addresses prints them in the same form:
 TWO_NODES_SINFO = "n1|10.0.0.11\nn2|10.0.0.12\n"
 
 
 def test_squeue_and_sinfo_output_of_two_nodes():
-    jobs = slurm.parse_squeue(TWO_NODES_SQUEUE)
-    assert {j.id: (j.user, j.state, j.node) for j in jobs.values()} == {
-        "41": ("alice", "RUNNING", "n1"), "42": ("bob", "RUNNING", "n2"), "43": ("carol", "PENDING", ""),
-        "44": ("dave", "PENDING", ""), "39": ("erin", "FAILED", "n2"), "38": ("frank", "NODE_FAIL", "n1")}
-    assert jobs["43"].start is None and jobs["41"].start is not None
+    jobs = slurm.parse_squeue(RECORDED_SQUEUE)
+    assert {j.id: (j.name, j.state, j.node) for j in jobs.values()} == {
+        "1": ("notebookd-erin", "FAILED", "n1"), "3": ("notebookd-bob", "PENDING", ""),
+        "4": ("notebookd-carol", "PENDING", ""), "5": ("notebookd-dave", "PENDING", ""),
+        "2": ("notebookd-alice", "RUNNING", "n2")}
+    assert jobs["3"].start is None and jobs["2"].start is not None
+    assert {j.node for j in slurm.parse_squeue(RECORDED_BOTH_RUNNING).values() if j.state == "RUNNING"} == {"n1", "n2"}
     assert slurm.parse_sinfo_addresses(TWO_NODES_SINFO) == {"n1": "10.0.0.11", "n2": "10.0.0.12"}
     assert slurm.pending_reason("Resources") == "Slurm: waiting for resources"
     assert "Priority" in slurm.pending_reason("Priority")
-    assert slurm.describe_end(jobs["39"]) == "job 39 failed (NonZeroExitCode) on n2"
+    assert slurm.describe_end(jobs["1"]) == "job 1 failed (NonZeroExitCode) on n1"
 
 
 def _spec(name: str, **slurm_keys):
@@ -78,21 +89,23 @@ class RecordedCluster(slurm.SlurmManager):
 
 
 def test_jobs_on_two_nodes_map_onto_server_states():
-    m = RecordedCluster(TWO_NODES_SQUEUE)
-    names = ["alice", "bob", "carol", "dave", "erin", "frank"]
-    for i, name in enumerate(names):
-        m.jobs[name] = str(41 + i) if i < 4 else str(39 - (i - 4))
+    # the two recordings as one answer: the second one's job ids and names moved out of the first one's way
+    second = "".join(f"1{line}\n".replace("|notebookd-u", "|notebookd-x") for line in RECORDED_BOTH_RUNNING.split())
+    m = RecordedCluster(RECORDED_SQUEUE + second)
+    m._save = lambda name: None
+    jobs = {"erin": "1", "bob": "3", "carol": "4", "alice": "2", "x3": "13", "x1": "11", "gone": "77"}
+    for name, jid in jobs.items():
+        m.jobs[name] = jid
         m.defs[name] = (_spec(name), "", [], "d")
-        m._save = lambda name: None
-    seen = asyncio.run(m.observe(names))
-    assert (seen["alice"].state, seen["alice"].host, seen["alice"].pid) == ("up", "10.0.0.11", 41)
-    assert (seen["bob"].state, seen["bob"].host) == ("up", "10.0.0.12")  # probed on its own node
-    assert seen["carol"] == Observed("starting", error="Slurm: waiting for resources")
-    assert seen["dave"].state == "starting" and "Priority" in seen["dave"].error
-    # failed and node-failed jobs: backoff first (backoff_min), not resubmitted at once
-    assert seen["erin"].state == "backoff" and seen["frank"].state == "backoff"
+    seen = asyncio.run(m.observe(sorted(jobs)))
+    assert (seen["alice"].state, seen["alice"].host, seen["alice"].pid) == ("up", "10.0.0.12", 2)
+    assert (seen["x3"].state, seen["x3"].host) == ("up", "10.0.0.11")  # probed on its own node
+    assert seen["bob"] == Observed("starting", error="Slurm: waiting for resources")
+    assert seen["carol"].state == "starting" and "Priority" in seen["carol"].error
+    # a failed job, one cancelled by someone else, one gone from slurmctld: backoff first, not resubmitted at once
+    assert seen["erin"].state == seen["x1"].state == seen["gone"].state == "backoff"
     assert m.submitted == []
-    assert "failed" in m.last_end["erin"] and "node failed" in m.last_end["frank"]
+    assert "failed" in m.last_end["erin"] and "cancelled" in m.last_end["x1"] and "gone" in m.last_end["gone"]
     # the delay passes: a new job (a resubmission, not a requeue, which would wait for cred_expire)
     m.backoff["erin"].at = 0
     m.answers["squeue"] = ""
@@ -170,7 +183,7 @@ def cluster():
 
     base = tempfile.mkdtemp(prefix="nbt-slurm-")
     os.chmod(base, 0o755)
-    c = Cluster(base).start()
+    c = Cluster(base, nodes=2).start()
     yield c
     c.stop()
     if not os.environ.get("NBT_KEEP"):
@@ -183,7 +196,7 @@ class SlurmLab(HostLab):
     def __init__(self, cluster, base, names, low):
         self.cluster = cluster
         super().__init__("slurm", base, names, low)
-        # one CPU and a little memory each: two servers fill the 2-CPU node
+        # one CPU and a little memory each: two servers fill the two 1-CPU nodes
         self.extra = "slurm: {cpus: 1, mem: 400M}"
         self.daemon = Daemon(base, self._config(), extra_env={"SLURM_CONF": cluster.conf})
 
@@ -204,12 +217,12 @@ def lab(cluster, users):
 
 
 @needs_root
-def test_servers_are_jobs_of_their_users_and_answer_with_their_token(lab):
+def test_servers_are_jobs_of_their_users_on_two_nodes_and_answer_with_their_token(lab):
+    assert {lab.job(n)["nodes"] for n in lab.names.values()} == {"n1", "n2"}
     for name in lab.names.values():
         row = lab.rows()[name]
         job = lab.job(name)
-        assert (job["name"], job["user"], job["state"], job["nodes"]) == (f"notebookd-{name}", name, "RUNNING",
-                                                                          "localhost")
+        assert (job["name"], job["user"], job["state"]) == (f"notebookd-{name}", name, "RUNNING")
         assert row["url"].startswith(f"http://127.0.0.1:{row['port']}/user/{name}/")
         assert lab.http(row["url"] + "api/kernels", lab.token(name)) == 200
         assert lab.http(row["url"] + "api/kernels") == 403
