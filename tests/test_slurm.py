@@ -15,11 +15,12 @@ import os
 import pwd
 import stat
 import subprocess
+import sys
 import tempfile
 
 import pytest
 
-from conftest import Daemon, free_ports, needs_root, wait_for
+from conftest import Daemon, as_user, free_ports, needs_root, wait_for
 from labs import HostLab
 from notebookd.backends import slurm
 from notebookd.backends.managed import Observed
@@ -140,6 +141,24 @@ def test_the_job_script_and_sbatch_options_carry_no_secret():
         assert word in args
     with pytest.raises(Exception, match="line break"):
         slurm.script(launch.Launch(("a\nb",), {}, "/", "m"), spec, "/l", "/usr/bin/python3")
+
+
+def test_the_jobs_log_rotator_cuts_at_line_boundaries_and_keeps_what_it_should(tmp_path):
+    """The rotator the job runs on the node, run here by Debian's python3 on a pipe."""
+    import sys
+
+    log = tmp_path / "server.log"
+    lines = b"".join(b"line %05d " % i + b"x" * (i % 200) + b"\n" for i in range(3000))
+    proc = subprocess.run([sys.executable, "-I", "-c", slurm.ROTATOR, str(log), "65536", "2"], input=lines,
+                          timeout=60)
+    assert proc.returncode == 0
+    files = [log, tmp_path / "server.log.1", tmp_path / "server.log.2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in files]  # keep: 2, no .3
+    kept = b"".join(p.read_bytes() for p in reversed(files))
+    assert lines.endswith(kept)  # the newest lines, in order, none lost or split inside what is kept
+    for p in files:
+        data = p.read_bytes()
+        assert data.endswith(b"\n") and len(data) < 65536 + 300
 
 
 def test_slurm_config_keys(tmp_path):
@@ -265,6 +284,22 @@ def test_logs_are_the_users_own_and_follow_the_job(lab):
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pwd.getpwnam(alice).pw_uid, 0o600)
     assert (dst.st_uid, stat.S_IMODE(dst.st_mode)) == (pwd.getpwnam(alice).pw_uid, 0o700)
     assert lab.cli("logs", alice, user=bob).returncode != 0
+    # -f follows the file the job writes: a request with a wrong token shows up in it
+    follow = subprocess.Popen([sys.executable, "-m", "notebookd", "logs", "-f", alice], env=lab.daemon.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, **as_user(alice))
+    try:
+        os.set_blocking(follow.stdout.fileno(), False)
+        seen = b""
+
+        def marker_seen():
+            nonlocal seen
+            lab.http(lab.rows()[alice]["url"] + "api/contents/follow-me-please", "wrong-token")
+            seen += follow.stdout.read() or b""
+            return b"follow-me-please" in seen
+        wait_for(marker_seen, 60, interval=0.5, what="the request in logs -f")
+    finally:
+        follow.kill()
+        follow.wait()
 
 
 @needs_root
@@ -302,6 +337,19 @@ def test_pending_with_slurms_reason_when_the_partition_is_full_then_removed_by_a
     wait_for(lambda: carol not in lab.rows(), 60, what="carol gone")
     assert next(j for j in lab.cluster.jobs() if j["id"] == jid)["state"] == "CANCELLED"
     assert all(r["state"] == "running" for r in lab.rows().values())
+
+
+@needs_root
+def test_a_job_sbatch_refuses_is_a_backoff_with_slurms_words(lab, users):
+    dave = users("sldave").pw_name
+    entries = dict(lab.entries)
+    lab.set_users({**entries, dave: "{slurm: {partition: nosuch}}"})
+    assert lab.reload().returncode == 0
+    row = wait_for(lambda: (r := lab.rows().get(dave)) and r["state"] == "backoff" and r, 60, what="dave backoff")
+    assert "invalid partition" in row["last_error"].lower(), row
+    lab.set_users(entries)
+    assert lab.reload().returncode == 0
+    wait_for(lambda: dave not in lab.rows(), 60, what="dave gone")
 
 
 @needs_root
