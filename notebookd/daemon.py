@@ -131,8 +131,9 @@ class Daemon:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self._summary())
             raise Refused(f"reload failed, running config kept: {exc}") from None
-        if (new.backend, new.supervisor) != (self.config.backend, self.config.supervisor):
-            error = f"{new.file}: backend: and supervisor: take effect only when notebookd is restarted"
+        fixed = configmod.restart_only_changes(self.config, new)
+        if fixed:
+            error = f"{new.file}: {', '.join(fixed)}: take effect only when notebookd is restarted"
             self.last_reload = {"ok": False, "at": time.time(), "error": error}
             log.error("reload failed, keeping the running config: %s", error)
             self.notifier.ready(self._summary())
