@@ -121,6 +121,10 @@ class Daemon:
         if step:
             log.info("reconcile: %s", step.describe())
         await reconcile.apply(step, self.backend)
+        hold = getattr(self.backend, "hold_sockets", None)  # backends whose daemon holds users' ports
+        if hold is not None:
+            for name, problem in hold(self.desired.specs).items():
+                log.error("%s: %s", name, problem)
 
     async def reload(self) -> None:
         """Re-read the config; a bad file changes nothing (the running config stays)."""
