@@ -176,10 +176,19 @@ class Config:
 
 # ---- scalar readers: each takes a Located and returns a checked value or raises its error ----
 
-def _str(item: Located) -> str:
+# Values end up in argv, environments, nginx and systemd unit files, one per line: a newline in a value
+# would add a line (a directive) of its own there.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _str(item: Located, whitespace_ok: bool = False) -> str:
     if isinstance(item.value, bool) or not isinstance(item.value, (str, int, float)):
         raise item.error(f"expected a string, got {_kind(item.value)}")
-    return str(item.value)
+    text = str(item.value)
+    if m := _CONTROL.search(" ".join(text.split()) if whitespace_ok else text):
+        raise item.error(f"control character U+{ord(m.group()):04X} in the value (newlines, tabs and the like "
+                         "are not allowed)")
+    return text
 
 
 def _scalar(item: Located) -> None:
@@ -649,7 +658,7 @@ def _proxy_listen(item: Located) -> str:
 
 
 def _server_names(item: Located) -> str:
-    text = " ".join(_str(item).split())
+    text = " ".join(_str(item, whitespace_ok=True).split())
     if not text or re.search(r"[;{}'\"\\$#]", text):
         raise item.error(f"{item.value!r} is not a list of nginx server names (e.g. lab.example.org or _)")
     return text
