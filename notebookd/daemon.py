@@ -27,6 +27,7 @@ from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
 from notebookd.ports import PortBookError
+from notebookd.reconcile import ApplyError
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -163,7 +164,10 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - e.g. a logs.dir that cannot be made, a full disk
                 error = f"{new.file}: applying the new config failed: {exc}"
                 self.last_reload = {"ok": False, "at": time.time(), "error": error}
-                log.exception("reload: %s", error)
+                if isinstance(exc, (ApplyError, OSError)):  # a known kind, said in one line
+                    log.error("reload: %s", error)
+                else:
+                    log.exception("reload: %s", error)
                 self.notifier.ready(self._summary())
                 raise Refused(error) from None
         self.last_reload = {"ok": True, "at": time.time(), "error": None}

@@ -69,7 +69,6 @@ class RotatingFile:
                     logging.getLogger("notebookd").warning(
                         "%s: cannot give its user read access (%s): only root reads it", self.path, exc.strerror)
         self.size = st.st_size
-        self.line_len = 0
         if self.size:
             with open(self.path, "rb") as fh:
                 fh.seek(-1, os.SEEK_END)

@@ -433,7 +433,7 @@ class NativeBackend:
                                 reader=spec.account.uid if self.system else None)
             sink._open()
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot write its log in {spec.logs.dir}: {exc.strerror or exc}") from None
+            raise OSError(f"cannot write its log in {spec.logs.dir}: {exc.strerror or exc}") from None
         return sink
 
     def log_pipe(self, spec: ServerSpec) -> LogPipe:
