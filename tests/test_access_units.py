@@ -264,6 +264,7 @@ def _debian_major() -> str:
     return out.stdout.strip()[:2]
 
 
+@pytest.mark.root  # apt: Debian's jupyter_server beside the test venv's 2.x
 @pytest.mark.skipif(_debian_major() != "1.", reason="needs Debian's python3-jupyter-server 1.x")
 def test_major_version_asks_the_interpreter_not_its_binary():
     """A venv's python is a symlink to /usr/bin/python3.11: same binary, other packages (auth keys
