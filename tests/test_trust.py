@@ -32,6 +32,7 @@ logs: {{dir: {logs}, max_size: 1MiB, keep: 2}}
 restart: {{backoff_min: 0.5s, backoff_max: 2s, crashloop_after: 20}}
 health: {{interval: 1s, timeout: 5s, failures: 3}}
 server: {{stop_timeout: 5s}}
+{groups}
 users:
   {alice}: {{}}
   {bob}: {{}}
@@ -47,8 +48,9 @@ def lab(users, workdir):
     names["carol"] = carol
     low = free_ports(1, 25200)[0]
 
-    def config(logs: str = "{base}/logs") -> str:
-        return CONFIG.format(low=low, high=low + 20, logs=logs, alice=names["alice"], bob=names["bob"])
+    def config(logs: str = "{base}/logs", groups: str = "") -> str:
+        return CONFIG.format(low=low, high=low + 20, logs=logs, alice=names["alice"], bob=names["bob"],
+                             groups=groups)
 
     daemon = Daemon(workdir, config()).start()
     daemon.names = names
@@ -330,3 +332,23 @@ def test_damaged_state_files_neither_stop_the_daemon_nor_move_ports(lab):
         json.dump({n: p for n, (_, p) in before.items()}, fh)
     lab.start()
     assert {n: r["pid"] for n, r in lab.rows().items()} == kept
+
+
+def test_a_group_member_with_a_bad_name_gets_no_server(lab):
+    """Members of `groups:` skipped the user-name check; their names reach nginx locations, unit names
+    and paths. A name only a directory service (or `useradd --badname`) allows is now warned about."""
+    bad, group = f"{lab.names['mallory'][:-7]}Odd.Name", f"{lab.names['mallory'][:-7]}grp"
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        subprocess.run(["useradd", "--badname", "--no-create-home", "--gid", group, bad], check=True)
+        lab.write_config(lab.config_for(groups=f"groups: [{group}]"))
+        out = lab.cli("reload")
+        assert out.returncode == 0, out.stderr
+        data = lab.status()
+        assert bad not in {r["name"] for r in data["servers"]}
+        assert any(bad in w and "not a valid user name" in w for w in data["daemon"]["warnings"]), data["daemon"]
+    finally:
+        lab.write_config(lab.config_for())
+        lab.cli("reload")
+        subprocess.run(["userdel", "--force", bad], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)

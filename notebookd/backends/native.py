@@ -18,7 +18,7 @@ import time
 
 from notebookd import jupyter, procs
 from notebookd.access import Access, NotReady
-from notebookd.fds import Throttle, exhausted
+from notebookd.fds import Throttle
 from notebookd.forkserver import ForkError, ForkServer
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.gate import PriorityGate
