@@ -352,3 +352,47 @@ def test_a_group_member_with_a_bad_name_gets_no_server(lab):
         lab.cli("reload")
         subprocess.run(["userdel", "--force", bad], capture_output=True)
         subprocess.run(["groupdel", group], capture_output=True)
+
+
+def send(lab, cmd: str, **args):
+    """A request on the control socket whose answer is read later (`.makefile().readline()`)."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(120)
+    sock.connect(os.path.join(lab.run_dir, "control.sock"))
+    sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+    return sock
+
+
+def answer(sock) -> dict:
+    with sock, sock.makefile("rb") as fh:
+        return json.loads(fh.readline())
+
+
+def test_a_token_rotation_cannot_undo_an_admins_stop(lab):
+    """`token --rotate` checked "held or configured" before taking the lock: a user whose server an admin
+    was stopping (the request waiting behind another) restarted it right after."""
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    # alice's server is slow to stop (a process of hers ignores SIGTERM): her stop holds the lock a while
+    run_code(lab.rows()[alice]["url"], lab.token(alice), textwrap.dedent("""\
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c",
+                          "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"],
+                         start_new_session=True)
+        42"""))
+    try:
+        first = send(lab, "stop", users=[alice])
+        lab.wait_state(alice, "stopping")
+        second = send(lab, "stop", users=[bob])  # waits for the lock behind alice's stop
+        rotate = subprocess.run([sys.executable, "-m", "notebookd", "token", "--rotate"], env={
+            **lab.env, "HOME": f"/home/{bob}", "USER": bob}, capture_output=True, text=True, timeout=120,
+            cwd="/", **as_user(bob))
+        assert rotate.returncode == 0, rotate.stderr
+        assert answer(first)["ok"] and answer(second)["ok"]
+        assert "restarted" not in rotate.stdout, rotate.stdout
+        assert lab.rows()[bob]["state"] == "stopped"
+    finally:
+        assert lab.cli("start", alice, bob).returncode == 0
+        lab.wait_state(alice, "running")
+        lab.wait_state(bob, "running")
