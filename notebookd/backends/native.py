@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 
-from notebookd import jupyter, procs
+from notebookd import jupyter, launcher, procs
 from notebookd.access import Access, NotReady
 from notebookd.fds import Throttle
 from notebookd.forkserver import ForkError, ForkServer
@@ -24,7 +24,8 @@ from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
-from notebookd.ports import describe_holder, port_holder
+from notebookd.listeners import PortTaken, SocketBook
+from notebookd.ports import port_holder
 from notebookd.probe import Unprobed, http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.tokens import TokenStore
@@ -177,11 +178,13 @@ class NativeServer:
             async with self.host.start_slots.slot(self._urgent):
                 if adopting:
                     self._adopt(record)
+                    self._hold_socket(from_pid=record.pid, strict=False)
                 else:
                     if record is not None:  # started with another spec while no daemon watched
                         await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
                                               self.spec.settings.stop_timeout)
-                    elif port_holder(self.spec.ip, self.spec.port):
+                    elif self.spec.name not in self.host.sockets.names() and port_holder(self.spec.ip,
+                                                                                         self.spec.port):
                         # no record (lost, damaged) but maybe our own earlier server: it carries the marker
                         killed = await procs.stop_tree(None, self.spec.account.uid, self.marker,
                                                        self.spec.settings.stop_timeout)
@@ -292,8 +295,7 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
         if not os.path.isdir(spec.root_dir):
             raise SpawnError(f"root_dir {spec.root_dir} does not exist")
-        if port_holder(spec.ip, spec.port):
-            raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
+        listener = self._hold_socket()
         try:
             words = jupyter.command(spec)
         except FileNotFoundError as exc:
@@ -307,6 +309,7 @@ class NativeServer:
         jupyter.write_config(files["config"], spec, jupyter.server_kind(words), access, self.host.root_uid, acc.gid)
         ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
         argv = jupyter.argv(spec, files["config"], words)
+        drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
         env = jupyter.environment(spec, files, self.marker, access)
         identity = {}
         if self.host.system:
@@ -316,11 +319,17 @@ class NativeServer:
             if spec.settings.spawn == "fork":  # the same argv, env, identity: see forkserver.py
                 self.proc = await self.host.fork_server().spawn(
                     argv[len(words):], env, spec.root_dir,
-                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep)
+                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep,
+                    listener.fileno(), drain)
             else:
+                try:
+                    argv = launcher.wrap(argv, listener.fileno(), drain, jupyter.interpreter(words[0]))
+                except ValueError as exc:
+                    raise SpawnError(str(exc)) from None
                 popen = subprocess.Popen(
                     argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
+                    pass_fds=(keep, listener.fileno()), start_new_session=True, umask=0o077, close_fds=True,
+                    **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
@@ -336,6 +345,16 @@ class NativeServer:
         except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC; psutil's errors are not OSErrors
             # the server runs and is watched; only a later daemon could not adopt it
             log.error("%s: cannot write its record (a restarted notebookd will not adopt it): %s", spec.name, exc)
+
+    def _hold_socket(self, from_pid: int | None = None, strict: bool = True):
+        """The listening socket notebookd holds for this user (listeners.py); bound on first use."""
+        try:
+            return self.host.sockets.hold(self.spec.name, self.spec.ip, self.spec.port, from_pid)
+        except PortTaken as exc:
+            if strict:
+                raise SpawnError(str(exc)) from None
+            log.warning("%s: %s; the adopted server keeps its own socket", self.spec.name, exc)
+            return None
 
     def _adopt(self, record: Record) -> None:
         self.proc = procs.ServerProcess(record.pid)
@@ -381,6 +400,7 @@ class NativeBackend:
         self.detaching = False  # the daemon exits for an upgrade and leaves every server running
         self.access = Access(state_dir, tokens)
         self.servers: dict[str, NativeServer] = {}
+        self.sockets = SocketBook()  # every configured user's listening socket, whatever their server does
         self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
         self._fork_server: ForkServer | None = None
         self.changed = on_change
@@ -509,6 +529,22 @@ class NativeBackend:
         if server is not None:
             await server.stop()
             self._close_pipe(server)
+        self.sockets.release(name)  # the port is free the moment the user is no longer configured
+
+    def hold_sockets(self, specs: dict[str, ServerSpec]) -> dict[str, str]:
+        """Hold the socket of every configured user, servers up or not (held stopped by an admin
+        too); returns why a user's could not be held. Running servers' sockets are held already."""
+        problems = {}
+        for name, spec in specs.items():
+            server = self.servers.get(name)
+            if server is not None and server.wanted:
+                continue  # its own start holds it (or takes it back from an adopted process)
+            leftover = self.leftovers.get(name)
+            try:
+                self.sockets.hold(name, spec.ip, spec.port, leftover.pid if leftover else None)
+            except PortTaken as exc:
+                problems[name] = str(exc)
+        return problems
 
     def status(self) -> dict[str, ServerStatus]:
         rows = {n: s.status() for n, s in self.servers.items()}
@@ -547,6 +583,7 @@ class NativeBackend:
         for server in self.servers.values():
             self._close_pipe(server)
         self._close_fork_server()
+        self.sockets.close()
 
     async def detach(self) -> None:
         """Let go of every server without stopping it: for a daemon restart (upgrade).
@@ -560,3 +597,4 @@ class NativeBackend:
         for server in self.servers.values():
             self._close_pipe(server)
         self._close_fork_server()
+        self.sockets.close()  # running servers keep their copies; the next daemon takes them back
