@@ -19,6 +19,7 @@ import urllib.parse
 import pytest
 
 from conftest import Daemon, free_ports, http, needs_root, wait_for
+from notebookd.metrics import STATES
 
 pytestmark = needs_root
 
@@ -153,7 +154,7 @@ def test_prometheus_sees_each_running_server(lab, prom):
     assert set(got) == set(lab.names) and all(v == 1.0 for v in got.values())
     # every state is there for every user (zeros, not absent series), and the per-state counts add up
     states = prom.query("notebookd_server_state")
-    assert len(states) == 7 * len(lab.names)
+    assert len(states) == len(STATES) * len(lab.names)
     assert prom.value('notebookd_servers{state="running"}') == len(lab.names)
     assert prom.value('notebookd_build_info{backend="native"}') == 1
     memory = prom.query("notebookd_server_memory_bytes")
@@ -241,7 +242,7 @@ def test_textfile_is_valid_and_replaced_atomically(lab):
     for text in texts:  # never a half-written file
         assert text.endswith("\n") and "notebookd_build_info" in text
         series = parsed(text)
-        assert len(series["notebookd_server_state"]) == 7 * len(lab.names)
+        assert len(series["notebookd_server_state"]) == len(STATES) * len(lab.names)
     assert os.stat(path).st_mode & 0o777 == 0o644
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=texts[-1], capture_output=True, text=True)
     assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
