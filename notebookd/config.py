@@ -62,6 +62,18 @@ class Proxy:
 
 
 @dataclass(frozen=True)
+class FrontDoor:
+    """The login page in front of every server (`front_door:`): nginx asks notebookd per request."""
+
+    enabled: bool = False
+    pam_service: str = "notebookd"  # /etc/pam.d/<name>; the package ships one (common-auth, common-account)
+    session_max_age: float = 8 * 3600.0  # a session ends this long after its login, used or not
+    idle_timeout: float = 3600.0  # ... or after this long without a request
+    max_failures: int = 5  # failed logins in a row (per user name, per client address) before a delay
+    failure_delay: float = 30.0  # the first delay; it doubles with each further failure, up to 15 min
+
+
+@dataclass(frozen=True)
 class Kernel:
     """A kernelspec every server offers besides its default one (`kernels.NAME:`)."""
 
@@ -165,6 +177,7 @@ class Config:
     tls: TLS = TLS()
     proxy: Proxy = Proxy()
     kernels: tuple[Kernel, ...] = ()
+    front_door: FrontDoor = FrontDoor()
 
     def user(self, name: str) -> UserEntry | None:
         return next((u for u in self.users if u.name == name), None)
@@ -397,7 +410,7 @@ _SERVER_KEYS: dict[str, Callable[[Located], Any]] = {
 _USER_KEYS = {"port": _port, **_SERVER_KEYS}
 
 _TOP_KEYS = ("backend", "listen", "server", "restart", "health", "logs", "supervisor", "limits", "state_dir",
-             "groups", "users", "tls", "proxy", "kernels", "embed")
+             "groups", "users", "tls", "proxy", "kernels", "embed", "front_door")
 
 
 def _positive(item_key: str, value: float, section: _Section) -> None:
@@ -450,6 +463,7 @@ def from_document(root: Located, layout: Layout) -> Config:
         if bool(proxy.cert) != bool(proxy.key):
             raise keys["proxy"].error("cert and key go together: give both for TLS at nginx, or neither")
     kernels = _kernels(keys["kernels"]) if "kernels" in keys else ()
+    front_door = _front_door(keys["front_door"], proxy, keys.get("proxy")) if "front_door" in keys else FrontDoor()
 
     server = ServerSettings()
     if "embed" in keys:  # the lab-wide place for iframe embedding; users.NAME.frame_ancestors overrides it
@@ -538,7 +552,7 @@ def from_document(root: Located, layout: Layout) -> Config:
     return Config(
         file=file, backend=backend, listen=listen, server=server, restart=restart, health=health,
         logs=logs, supervisor=supervisor, limits=limits, state_dir=state_dir, groups=tuple(groups), users=tuple(users),
-        tls=tls, proxy=proxy, kernels=kernels,
+        tls=tls, proxy=proxy, kernels=kernels, front_door=front_door,
     )
 
 
@@ -682,3 +696,38 @@ def _kernels(item: Located) -> tuple[Kernel, ...]:
         out.append(Kernel(name=name, display_name=values.get("display_name", name), argv=tuple(argv),
                           language=values.get("language", "python"), env=values.get("env", ())))
     return tuple(out)
+
+
+_PAM_SERVICE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _pam_service(item: Located) -> str:
+    name = _str(item)
+    if not _PAM_SERVICE.fullmatch(name):
+        raise item.error(f"{name!r} is not a PAM service name (a file name in /etc/pam.d/)")
+    return name
+
+
+def _front_door(item: Located, proxy: Proxy, proxy_item: Located | None) -> FrontDoor:
+    sec = _Section(item, {"enabled": _bool, "pam_service": _pam_service, "session_max_age": _positive_duration,
+                          "idle_timeout": _positive_duration, "max_failures": _int_range(1, 1000, "count"),
+                          "failure_delay": _positive_duration})
+    door = replace(FrontDoor(), **sec.values())
+    if door.idle_timeout > door.session_max_age:
+        raise (sec.keys.get("idle_timeout") or sec.keys["session_max_age"]).error(
+            "idle_timeout must not be longer than session_max_age")
+    if door.enabled and not proxy.cert and not _loopback_listen(proxy.listen):
+        # the session cookie is Secure: browsers send it over https only (and to loopback, for tests
+        # or a TLS terminator on this host); a plain-http front door could never log anyone in
+        where = proxy_item if proxy_item is not None else sec.keys.get("enabled", item)
+        raise where.error("front_door needs TLS at nginx (proxy.cert and proxy.key), or proxy.listen on a "
+                          "loopback address behind another TLS terminator")
+    return door
+
+
+def _loopback_listen(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        return bool(host) and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -20,6 +20,7 @@ from notebookd.access import uses_password, uses_token
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.control import Peer, Refused, serve
+from notebookd.frontdoor.door import FrontDoor
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
@@ -46,6 +47,7 @@ class Daemon:
         self.started = time.time()
         self.last_reload: dict = {"ok": True, "at": None, "error": None}
         self.backend: Backend | None = None
+        self.door: FrontDoor | None = None
         self._status_pending = False
 
     # -- lifecycle --
@@ -65,6 +67,7 @@ class Daemon:
             log.error("backend %s: %s", self.config.backend, exc)
             return 1
         control = await serve(self.layout.socket, self.handle)
+        self.door = FrontDoor(self.layout.run_dir, self.tokens, lambda: self.desired.specs)
         async with self.lock:
             await self._reconcile()
         self.notifier.ready(self._summary())
@@ -86,6 +89,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             control.close()
+            self.door.close()
             watchdog.cancel()
             renewal.cancel()
             async with self.lock:
@@ -119,6 +123,10 @@ class Daemon:
                               self.backend.names())
         if step:
             log.info("reconcile: %s", step.describe())
+        try:
+            await self.door.follow(self.config)
+        except OSError as exc:
+            log.error("front door: cannot listen on %s: %s", self.door.path, exc)
         await reconcile.apply(step, self.backend)
 
     async def reload(self) -> None:
@@ -321,7 +329,8 @@ class Daemon:
         proxy = self.config.proxy
         return {"config": self.config.file, "servers": servers,
                 "proxy": {"listen": proxy.listen, "server_name": proxy.server_name,
-                          "cert": proxy.cert, "key": proxy.key}}
+                          "cert": proxy.cert, "key": proxy.key},
+                "front_door": {"enabled": self.config.front_door.enabled, "socket": self.door.path}}
 
     async def _renew_certificates(self) -> None:
         """Renew the self-signed certificate before it expires, and restart the servers that use it

@@ -26,6 +26,7 @@ def test_example_loads_to_the_defaults():
     assert loaded.supervisor == config.Supervisor() and loaded.limits == config.Limits() and not loaded.limits
     assert loaded.state_dir == "/var/lib/notebookd" and loaded.users == () and loaded.groups == ()
     assert loaded.tls == config.TLS() and loaded.proxy == config.Proxy() and loaded.kernels == ()
+    assert loaded.front_door == config.FrontDoor()
 
 
 def test_example_documents_every_key():
@@ -34,7 +35,7 @@ def test_example_documents_every_key():
     sections = {
         "listen": config.Listen, "server": config.ServerSettings, "restart": config.Restart,
         "health": config.Health, "logs": config.Logs, "supervisor": config.Supervisor, "limits": config.Limits,
-        "tls": config.TLS, "proxy": config.Proxy,
+        "tls": config.TLS, "proxy": config.Proxy, "front_door": config.FrontDoor,
     }
     declared = set(config._TOP_KEYS) | {"port"} | {"display_name", "argv", "python", "venv", "language", "env"}
     for cls in sections.values():
