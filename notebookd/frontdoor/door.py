@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from notebookd.frontdoor import page
 from notebookd.frontdoor.httpserver import Request, Response, Server
 from notebookd.frontdoor.limits import Throttle
-from notebookd.frontdoor.pam import Checker
+from notebookd.frontdoor.pam import ACCOUNT_REFUSED, Checker
 from notebookd.frontdoor.sessions import COOKIE, SessionStore
 
 log = logging.getLogger("notebookd")
@@ -105,10 +105,10 @@ class FrontDoor:
         path = request.path
         if path.startswith("/_notebookd/auth/"):
             return self.auth(request, path[len("/_notebookd/auth/"):])
-        if path in ("/", "/_notebookd/login"):
-            if request.method == "POST" and path == "/_notebookd/login":
-                return await self.login(request)
-            return self.login_page(request)
+        if path == "/_notebookd/login" and request.method == "POST":
+            return await self.login(request)
+        if path in ("/", "/_notebookd/login"):  # `/` sends a logged-in browser on; the other always asks
+            return self.login_page(request, redirect=path == "/")
         if path == "/_notebookd/logout":
             return self.logout(request) if request.method == "POST" else self.logout_page(request)
         if path == "/_notebookd/denied":
@@ -196,9 +196,9 @@ class FrontDoor:
         return base
 
     def login_page(self, request: Request, message: str = "", user: str = "", status: int = 200,
-                   next_url: str | None = None) -> Response:
-        session = self.sessions.get(_cookies(request).get(COOKIE))
-        if session is not None and not message and session.user in self.specs():
+                   next_url: str | None = None, redirect: bool = False) -> Response:
+        session = self.sessions.get(_cookies(request).get(COOKIE)) if redirect else None
+        if session is not None and session.user in self.specs():
             return Response(303, headers=[("Location", self._next_for(session.user, request.query("next") or ""))])
         csrf, headers = self._csrf_value(request)
         body = page.login(csrf, next_url if next_url is not None else request.query("next") or "", user, message)
@@ -235,8 +235,11 @@ class FrontDoor:
         if not ok or user not in self.specs():  # (the config may have changed during the check)
             self.throttle.failed(*keys)
             log.warning("front door: failed login for %s from %s: %s", shown, addr, reason)
-            return self.login_page(request, "Wrong user name or password.", user if USERNAME.fullmatch(user) else "",
-                                   401, next_url)
+            # the password was right but the account may not log in: saying so tells nothing new
+            text = ("This account may not log in now (expired, locked, or its password must be changed "
+                    "first). Ask the lab's administrators." if reason.startswith(ACCOUNT_REFUSED)
+                    else "Wrong user name or password.")
+            return self.login_page(request, text, user if USERNAME.fullmatch(user) else "", 401, next_url)
         self.throttle.succeeded(*keys)
         session_id = self.sessions.create(user, replacing=_cookies(request).get(COOKIE))
         log.info("front door: %s logged in from %s", user, addr)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 TIMEOUT = 60.0  # a PAM stack that hangs longer (a dead LDAP server) fails the login
 PARALLEL = 4  # checks at once; more wait (each failed one holds its slot ~2 s)
 QUEUE = 64  # checks waiting beyond that are refused at once ("busy")
+ACCOUNT_REFUSED = "account refused by PAM"  # the password was right; the account stage said no
 
 
 @dataclass(frozen=True)
@@ -74,20 +75,24 @@ def _check(service: str, user: str, password: str) -> tuple[bool, str]:
     except ImportError:
         return False, "PAM error: the pamela module is missing (apt install python3-pamela, or pip install pamela)"
     try:
-        # no setcred and no session: this is a password check, not a login to this machine
-        pamela.authenticate(user, password, service=service, resetcred=0)
+        # no setcred and no session: this is a password check, not a login to this machine. The
+        # account stage runs on its own below, so its refusals are told apart from a wrong password
+        # (pamela 1.2 would run it inside authenticate; Debian 12's 1.0 has no `check` and never does).
+        try:
+            pamela.authenticate(user, password, service=service, resetcred=0, check=False)
+        except TypeError:
+            pamela.authenticate(user, password, service=service, resetcred=0)
     except pamela.PAMError as exc:
         return False, f"wrong password or unknown account ({_pam_text(exc)})"
     try:
         pamela.check_account(user, service=service)  # expired, locked, outside its allowed times
     except pamela.PAMError as exc:
-        return False, f"account refused by PAM ({_pam_text(exc)})"
+        return False, f"{ACCOUNT_REFUSED} ({_pam_text(exc)})"
     return True, "ok"
 
 
 def _pam_text(exc: Exception) -> str:
-    args = getattr(exc, "args", ())
-    return str(args[1] if len(args) > 1 else exc)[:200]
+    return str(exc)[:200]
 
 
 def main() -> int:
