@@ -1,10 +1,9 @@
-"""The password check: PAM (pamela, as JupyterHub uses it) in a short-lived root helper process.
-
-    python -I -m notebookd.frontdoor.pam     (one JSON request on stdin, one JSON answer on stdout)
+"""The password check: PAM (pamela, as JupyterHub uses it) in a short-lived root helper process
+(pamhelper.py: one JSON request on stdin, one JSON answer on stdout).
 
 Why a process and not the daemon itself: a failed pam_unix check sleeps about 2 s and PAM modules
 may block on anything (LDAP, sssd), while the daemon runs one event loop and no threads. A process
-per check costs ~60 ms of CPU (an interpreter start), which a login can afford; it also keeps PAM
+per check costs ~40 ms of CPU (an interpreter start, pamhelper.py), which a login can afford; it also keeps PAM
 modules' state and crashes out of the daemon. The password goes over a pipe, never argv or the
 environment, and the helper exits right after the check.
 """
@@ -16,10 +15,11 @@ import json
 import sys
 from dataclasses import dataclass
 
+from notebookd.frontdoor.pamhelper import ACCOUNT_REFUSED
+
 TIMEOUT = 60.0  # a PAM stack that hangs longer (a dead LDAP server) fails the login
 PARALLEL = 4  # checks at once; more wait (each failed one holds its slot ~2 s)
 QUEUE = 64  # checks waiting beyond that are refused at once ("busy")
-ACCOUNT_REFUSED = "account refused by PAM"  # the password was right; the account stage said no
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Checker:
         request = json.dumps({"service": service, "user": user, "password": password}).encode()
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-I", "-m", "notebookd.frontdoor.pam", stdin=asyncio.subprocess.PIPE,
+                self.python, "-I", "-m", "notebookd.frontdoor.pamhelper", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd="/",
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         except OSError as exc:
@@ -67,45 +67,3 @@ class Checker:
         except (ValueError, KeyError, TypeError):
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
             return Result(False, f"PAM helper failed: {tail[0][:200]}")
-
-
-def _check(service: str, user: str, password: str) -> tuple[bool, str]:
-    try:
-        import pamela
-    except ImportError:
-        return False, "PAM error: the pamela module is missing (apt install python3-pamela, or pip install pamela)"
-    try:
-        # no setcred and no session: this is a password check, not a login to this machine. The
-        # account stage runs on its own below, so its refusals are told apart from a wrong password
-        # (pamela 1.2 would run it inside authenticate; Debian 12's 1.0 has no `check` and never does).
-        try:
-            pamela.authenticate(user, password, service=service, resetcred=0, check=False)
-        except TypeError:
-            pamela.authenticate(user, password, service=service, resetcred=0)
-    except pamela.PAMError as exc:
-        return False, f"wrong password or unknown account ({_pam_text(exc)})"
-    try:
-        pamela.check_account(user, service=service)  # expired, locked, outside its allowed times
-    except pamela.PAMError as exc:
-        return False, f"{ACCOUNT_REFUSED} ({_pam_text(exc)})"
-    return True, "ok"
-
-
-def _pam_text(exc: Exception) -> str:
-    return str(exc)[:200]
-
-
-def main() -> int:
-    try:
-        request = json.loads(sys.stdin.buffer.read(65536))
-        service, user, password = (str(request[k]) for k in ("service", "user", "password"))
-    except (ValueError, KeyError, TypeError):
-        print(json.dumps({"ok": False, "reason": "bad request to the PAM helper"}))
-        return 0
-    ok, reason = _check(service, user, password)  # as root: pam_unix reads /etc/shadow itself
-    print(json.dumps({"ok": ok, "reason": reason}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
