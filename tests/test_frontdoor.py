@@ -439,6 +439,12 @@ def test_browser_wrong_password_shows_a_message(door, browser):
     assert "Wrong user name or password." in message[0].text
     assert browser.find_element(By.ID, "user").get_attribute("value") == door.names["bob"]
     assert not browser.get_cookie("notebookd_session")
+    # the right password next: in (and bob's failure count is cleared)
+    browser.find_element(By.ID, "password").send_keys(PASSWORDS["bob"])
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(browser, lambda d: _stale(old) and d.get_cookie("notebookd_session"))
+    assert browser.current_url.startswith(door.proxy + base(door, "bob"))
 
 
 def test_a_page_on_another_origin_cannot_use_alices_session(door, browser):
