@@ -320,6 +320,7 @@ def test_a_slow_failed_pam_check_does_not_hold_up_other_requests(door):
         wait_for(lambda: _pam_helpers(door.proc.pid), 30, interval=0.02, what="the PAM helper to run")
         assert client.request("GET", base(door, "alice") + "api/status")[0] == 200
         assert _pam_helpers(door.proc.pid), "answered while the failed check was still in its helper"
+        assert os.listdir(f"/proc/{door.proc.pid}/task") == [str(door.proc.pid)], "the daemon runs no thread"
     finally:
         failing.join()
     assert Client(door, "127.0.0.9").login("carol")[0] == 303  # (clears the failure count it made)
