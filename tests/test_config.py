@@ -802,7 +802,7 @@ def test_an_alias_bomb_is_refused_quickly_with_one_line():
 
     t0 = time.monotonic()
     message = error(text)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # unbounded, 10**9 values would take hours; 30 s leaves room for a loaded CI machine
     assert "more than 100000 values" in message
 
 

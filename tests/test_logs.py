@@ -101,7 +101,7 @@ def drain_child(pipe: LogPipe, *args: str) -> subprocess.Popen:
     finally:
         os.close(w)
         os.close(r)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a generous bound: a loaded 2-core machine is slow, never stuck
     while child.poll() is None:
         assert time.monotonic() < deadline, "child did not finish"
         select.select([pipe.fd], [], [], 0.05)
