@@ -84,10 +84,9 @@ async def serve(path: str, handle):
         finally:
             writer.close()
 
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    from notebookd.fsutil import remove  # the daemon's side only: the CLI's import stays light
+
+    remove(path)
     # Everyone may connect; what they may do is decided per request from their credentials.
     old = os.umask(0o111)
     try:

@@ -174,10 +174,6 @@ class ServerProcess:
         self.done = False
         self.returncode: int | None = None
 
-    @property
-    def adopted(self) -> bool:
-        return self.popen is None
-
     def watch(self, on_exit) -> asyncio.Future:
         """A future resolved with the exit status (None if unknown) when the process ends.
 

@@ -15,7 +15,7 @@ import pwd
 import subprocess
 import time
 
-from notebookd import jupyter, probe, procs
+from notebookd import jupyter, kernelspecs, probe, procs
 from notebookd.access import Access, NotReady
 from notebookd.forkserver import ForkError, ForkServer
 from notebookd.fsutil import ensure_dir, write_atomic
@@ -370,7 +370,7 @@ class NativeBackend:
             "config": os.path.join(base, "jupyter_server_config.json"),
             "token": os.path.join(base, "token"),
             "runtime": os.path.join(base, "runtime"),
-            "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
+            "share": kernelspecs.share_dir(self.run_dir),  # shared kernels (kernelspecs.py)
         }
 
     def log_pipe(self, spec: ServerSpec) -> LogPipe:
