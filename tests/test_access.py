@@ -385,31 +385,46 @@ def test_browser_runs_a_cell_in_jupyterlab_through_nginx_with_the_token(lab, bro
     assert out[0].strip() == "42"
 
 
+def _login_form(drv, timeout: float = 60):
+    """The login page's password field, once the page that shows it has loaded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(drv, timeout).until(ec.url_contains("/login"))
+    return WebDriverWait(drv, timeout).until(ec.visibility_of_element_located((By.CSS_SELECTOR,
+                                                                                "input[type=password]")))
+
+
 def test_browser_with_another_users_token_gets_the_login_page(lab, browser):
     from selenium.webdriver.common.by import By
 
     browser.delete_all_cookies()
     browser.get(proxied(lab, lab.alice) + f"lab?token={cli(lab, 'token', lab.bob).stdout.strip()}")
-    assert "/login" in browser.current_url
-    assert browser.find_elements(By.CSS_SELECTOR, "input[type=password]")
+    assert _login_form(browser)
     assert not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
 
 
 def test_browser_password_login(lab, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.delete_all_cookies()
     browser.get(proxied(lab, lab.bob) + "lab")
-    assert "/login" in browser.current_url
 
     def log_in(password: str) -> None:
-        field = browser.find_element(By.CSS_SELECTOR, "input[type=password]")
+        """Type into the form and submit it; return once the page it was on is gone (submitting
+        reloads the page: anything found before that is a stale element)."""
+        field = _login_form(browser)
         field.clear()
         field.send_keys(password)
         browser.find_element(By.CSS_SELECTOR, "#login_submit, button[type=submit]").click()
+        WebDriverWait(browser, 60).until(ec.staleness_of(field))
 
     log_in("not the password")
-    assert "/login" in browser.current_url and not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
+    assert _login_form(browser)  # the login page again, freshly loaded
+    assert not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
     log_in(BOB_PASSWORD)
     _in_lab(browser)
     assert browser.current_url.startswith(proxied(lab, lab.bob) + "lab")
