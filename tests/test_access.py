@@ -391,9 +391,15 @@ def _login_form(drv, timeout: float = 60):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(drv, timeout).until(ec.url_contains("/login"))
-    return WebDriverWait(drv, timeout).until(ec.visibility_of_element_located((By.CSS_SELECTOR,
-                                                                                "input[type=password]")))
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        WebDriverWait(drv, timeout).until(ec.url_contains("/login"))
+        return WebDriverWait(drv, timeout).until(ec.visibility_of_element_located((By.CSS_SELECTOR,
+                                                                                    "input[type=password]")))
+    except TimeoutException:
+        raise AssertionError(f"no login form after {timeout:g}s at {drv.current_url}: "
+                             f"{drv.find_element(By.TAG_NAME, 'body').text[:300]!r}") from None
 
 
 def test_browser_with_another_users_token_gets_the_login_page(lab, browser):
