@@ -329,6 +329,8 @@ def browser(lab):
                  "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
                  "--window-size=1400,1000"):
         opts.add_argument(flag)
+    # leaving JupyterLab with an unsaved notebook asks "leave site?": accept, or the next page never loads
+    opts.set_capability("unhandledPromptBehavior", "accept")
     drv = webdriver.Chrome(service=Service(driver, log_output=os.path.join(lab.base, "chromedriver.log")),
                            options=opts)
     drv.set_page_load_timeout(120)
@@ -342,6 +344,22 @@ def screenshot_on_failure(browser, lab, request):
     yield
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else True:
         browser.save_screenshot(os.path.join(lab.base, f"{request.node.name}.png"))
+
+
+def _fresh(drv) -> None:
+    """A browser as a new visitor has it: off the last page (whatever it asked on leaving), no cookies
+    for any site (delete_all_cookies reaches only the current page's)."""
+    from selenium.common.exceptions import NoAlertPresentException, UnexpectedAlertPresentException
+
+    try:
+        drv.get("about:blank")
+    except UnexpectedAlertPresentException:
+        pass
+    try:
+        drv.switch_to.alert.accept()
+    except NoAlertPresentException:
+        pass
+    drv.execute_cdp_cmd("Network.clearBrowserCookies", {})
 
 
 def _in_lab(drv, timeout: float = 90) -> None:
@@ -370,6 +388,7 @@ def test_browser_runs_a_cell_in_jupyterlab_through_nginx_with_the_token(lab, bro
     from selenium.webdriver.support.ui import WebDriverWait
 
     _notebook(lab.alice, "answer.ipynb")
+    _fresh(browser)
     browser.get(proxied(lab, lab.alice) + f"lab/tree/answer.ipynb?token={lab.token(lab.alice)}")
     _in_lab(browser)
     wait = WebDriverWait(browser, 120)
@@ -405,7 +424,7 @@ def _login_form(drv, timeout: float = 60):
 def test_browser_with_another_users_token_gets_the_login_page(lab, browser):
     from selenium.webdriver.common.by import By
 
-    browser.delete_all_cookies()
+    _fresh(browser)
     browser.get(proxied(lab, lab.alice) + f"lab?token={cli(lab, 'token', lab.bob).stdout.strip()}")
     assert _login_form(browser)
     assert not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
@@ -416,7 +435,7 @@ def test_browser_password_login(lab, browser):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.delete_all_cookies()
+    _fresh(browser)
     browser.get(proxied(lab, lab.bob) + "lab")
 
     def log_in(password: str) -> None:

@@ -6,6 +6,7 @@ alone, in milliseconds, and every state move is checked against model.TRANSITION
 from __future__ import annotations
 
 import asyncio
+import tempfile
 
 import pytest
 
@@ -22,7 +23,9 @@ class Lab:
     def __init__(self, found: dict[str, Observed] | None = None):
         self.machine = FakeMachine()
         self.manager = FakeManager(found)
-        self.backend = ManagedBackend(self.manager, "/run/nbd-fast", "/var/lib/nbd-fast", tokens=None,
+        self._tmp = tempfile.TemporaryDirectory(prefix="nbd-fast-")  # open() makes <run_dir>/servers
+        self.run_dir = self._tmp.name
+        self.backend = ManagedBackend(self.manager, self.run_dir, "/nonexistent", tokens=None,
                                       on_change=self._changed, poll=3600, machine=self.machine, access=object())
         self.history: dict[str, list[ServerState]] = {}
 
@@ -116,7 +119,7 @@ def test_a_crash_the_manager_restarts_between_two_looks_counts_once_and_ends_old
         # it went away and came back between two looks: backoff and starting are passed through, logged
         assert lab.history["alice"][-3:] == [S.BACKOFF, S.STARTING, S.RUNNING]
         assert lab.row().restarts == 1 and lab.row().pid == new_pid
-        assert lab.machine.swept[-1] == (1001, "alice@/run/nbd-fast", new_pid)  # keep the new server's tree
+        assert lab.machine.swept[-1] == (1001, f"alice@{lab.run_dir}", new_pid)  # keep the new server's tree
         assert _valid(lab.history["alice"])
     run(go())
 
