@@ -150,6 +150,22 @@ def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
     ServerApp.stop = stop
 
 
+def wrap(argv: list[str], fd: int, drain: float, python: str | None) -> list[str]:
+    """The server's `argv` run under this launcher with socket `fd`. For the daemon: `argv` is
+    `PYTHON [FLAGS] -m MODULE ARGS` or `SCRIPT ARGS` (`python`: the interpreter of its #! line)."""
+    ours = [os.path.abspath(__file__), f"--listen-fd={fd}", f"--drain={drain:g}"]
+    if os.path.basename(argv[0]).startswith("python"):
+        flags = []
+        for word in argv[1:]:
+            if not word.startswith("-") or word == "-m":
+                break
+            flags.append(word)
+        return [argv[0], *flags, *ours, *argv[1 + len(flags):]]
+    if python is None:
+        raise ValueError(f"cannot tell which Python runs {argv[0]}")
+    return [python, "-I", *ours, *argv]
+
+
 def _parse(argv: list[str]) -> tuple[int, float, list[str]]:
     fd, drain, rest = None, DEFAULT_DRAIN, list(argv)
     while rest and rest[0].startswith("--"):

@@ -24,9 +24,10 @@ class Machine:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    async def probe(self, spec: ServerSpec, timeout: float) -> int | str:
-        """`GET {base_url}api`: 200 means ready (or healthy); else the status or why there was none."""
-        return await http_status(spec.ip, spec.port, spec.base_url + "api", timeout, tls=spec.tls.enabled)
+    async def probe(self, spec: ServerSpec, timeout: float, host: str | None = None) -> int | str:
+        """`GET {base_url}api` on `host` (default: the spec's ip): 200 means ready (or healthy); else the
+        status or why there was none (`probe.Unprobed`: the daemon could not even try)."""
+        return await http_status(host or spec.ip, spec.port, spec.base_url + "api", timeout, tls=spec.tls.enabled)
 
     async def stop_tree(self, pid: int | None, uid: int, marker: str, grace: float) -> list[int]:
         return await procs.stop_tree(pid, uid, marker, grace)

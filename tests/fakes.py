@@ -48,7 +48,7 @@ class FakeMachine:
     def monotonic(self) -> float:
         return self.t
 
-    async def probe(self, spec: ServerSpec, timeout: float) -> int | str:
+    async def probe(self, spec: ServerSpec, timeout: float, host: str | None = None) -> int | str:
         self.probes.append((spec.port, timeout))
         return self.answers.get(spec.port, "Connection refused")
 
