@@ -240,6 +240,13 @@ class Restart:
     crashloop_after: int = setting(5, v.count, "failed starts in a row before the server is shown as crashloop")
     reset_after: float = setting(60.0, v.duration, "running this long clears the failure count")
 
+    def delay(self, failures: int) -> float:
+        """The wait before the next start after `failures` failed starts in a row: doubling from backoff_min,
+        at most backoff_max, and always backoff_max in a crash loop."""
+        if failures >= self.crashloop_after:
+            return self.backoff_max
+        return min(self.backoff_max, self.backoff_min * 2 ** (failures - 1))
+
     def check(self, sec: _Section) -> None:
         if "backoff_min" in sec.keys and self.backoff_min <= 0:
             raise sec.keys["backoff_min"].error("must be more than zero")

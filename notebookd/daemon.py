@@ -22,7 +22,7 @@ from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.commands import REQUESTS, ROOT
 from notebookd.control import Peer, Refused, serve
-from notebookd.fsutil import ensure_dir
+from notebookd.fsutil import ensure_dir, remove
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
@@ -115,10 +115,7 @@ class Daemon:
                 else:
                     log.info("stopping: every server, in parallel")
                     await self.backend.close()
-            try:
-                os.unlink(self.layout.socket)
-            except FileNotFoundError:
-                pass
+            remove(self.layout.socket)
             os.close(lock)
         if event == "detach":
             return EXIT_DETACHED

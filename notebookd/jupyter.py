@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-from notebookd.fsutil import write_atomic
+from notebookd.fsutil import remove, write_atomic
 from notebookd.model import ServerSpec
 
 # Settings that decide where a server listens and who may talk to it. They go on the command
@@ -174,10 +174,7 @@ def write_config(path: str, spec: ServerSpec, kind: ServerKind, access, uid: int
     if access is not None and access.password_file:
         write_atomic(loader, password_loader(kind.major, access.password_file).encode(), 0o640, uid, gid)
     else:
-        try:
-            os.unlink(loader)
-        except FileNotFoundError:
-            pass
+        remove(loader)
 
 
 def argv(spec: ServerSpec, config_path: str, words: list[str]) -> list[str]:

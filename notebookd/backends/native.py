@@ -12,11 +12,10 @@ import contextlib
 import logging
 import os
 import pwd
-import signal
 import subprocess
 import time
 
-from notebookd import jupyter, launcher, procs
+from notebookd import jupyter, kernelspecs, launcher, probe, procs
 from notebookd.access import Access, NotReady
 from notebookd.fds import Throttle
 from notebookd.forkserver import ForkError, ForkServer
@@ -37,17 +36,6 @@ S = ServerState
 
 class SpawnError(Exception):
     """The server could not even be started (a problem the admin must fix, or wait out)."""
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exited (status unknown: adopted from an earlier notebookd)"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class NativeServer:
@@ -153,10 +141,7 @@ class NativeServer:
         return why
 
     def _backoff(self) -> float:
-        r = self.spec.restart
-        if self.failures >= r.crashloop_after:
-            return r.backoff_max
-        return min(r.backoff_max, r.backoff_min * 2 ** (self.failures - 1))
+        return self.spec.restart.delay(self.failures)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return early (True) when woken by a stop/restart."""
@@ -240,7 +225,7 @@ class NativeServer:
                     deadline += pause
                     self.host.throttle.warn("probe", "%s: %s", spec.name, status)
                 if time.monotonic() > deadline:
-                    return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
+                    return probe.not_ready(spec.settings.start_timeout, status)
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
                 # short: the server holds a start slot until it is seen ready (a probe is cheap)
                 pause = min(pause * 1.5, 0.25)
@@ -265,7 +250,7 @@ class NativeServer:
                     self.host.throttle.warn("probe", "%s: %s", self.spec.name, status)
                     continue
                 self.health_failures += 1
-                self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
+                self.last_error = probe.unhealthy(self.health_failures, health.failures, status)
                 log.warning("%s: %s", self.spec.name, self.last_error)
                 self.host.changed()
                 if self.health_failures >= health.failures:
@@ -281,7 +266,7 @@ class NativeServer:
             waker.cancel()
 
     def _exit_reason(self, when: str) -> str:
-        self.last_exit = describe_exit(self._exit.result())
+        self.last_exit = procs.describe_exit(self._exit.result())
         return f"{self.last_exit} {when}".strip()
 
     # -- processes --
@@ -369,12 +354,12 @@ class NativeServer:
         if self._exit is not None and not self._exit.done():
             await self._exit
         if self._exit is not None:
-            self.last_exit = describe_exit(self._exit.result())
+            self.last_exit = procs.describe_exit(self._exit.result())
         self.host.records.remove(self.spec.name)
 
     async def _reap_strays(self) -> None:
         """After an unplanned exit, end its orphaned kernels before the next start."""
-        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker, 2.0)
+        killed = await procs.end_strays(self.spec.account.uid, self.marker)
         if killed:
             log.warning("%s: killed stray processes %s", self.spec.name, ", ".join(map(str, killed)))
 
@@ -441,7 +426,7 @@ class NativeBackend:
             "config": os.path.join(base, "jupyter_server_config.json"),
             "token": os.path.join(base, "token"),
             "runtime": os.path.join(base, "runtime"),
-            "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
+            "share": kernelspecs.share_dir(self.run_dir),  # shared kernels (kernelspecs.py)
         }
 
     def _sink(self, spec: ServerSpec) -> RotatingFile:
