@@ -19,6 +19,7 @@ from notebookd import __version__, config as configmod, desired as desiredmod, j
 from notebookd.access import uses_password, uses_token
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
+from notebookd.commands import REQUESTS, ROOT
 from notebookd.control import Peer, Refused, serve
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerStatus
@@ -135,8 +136,9 @@ class Daemon:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self._summary())
             raise Refused(f"reload failed, running config kept: {exc}") from None
-        if (new.backend, new.supervisor) != (self.config.backend, self.config.supervisor):
-            error = f"{new.file}: backend: and supervisor: take effect only when notebookd is restarted"
+        fixed = configmod.restart_only_changes(self.config, new)
+        if fixed:
+            error = f"{new.file}: {', '.join(fixed)}: take effect only when notebookd is restarted"
             self.last_reload = {"ok": False, "at": time.time(), "error": error}
             log.error("reload failed, keeping the running config: %s", error)
             self.notifier.ready(self._summary())
@@ -209,45 +211,56 @@ class Daemon:
         return names
 
     async def handle(self, cmd: str, args: dict, peer: Peer):
+        """One control request: `commands.REQUESTS` says who may ask it, `on_<request>` answers it."""
+        command = REQUESTS.get(cmd)
+        if command is None:
+            raise Refused(f"unknown command {cmd!r}")
         caller = self._caller(peer)
-        if cmd == "status":
-            rows = [r.to_dict() for r in self._rows() if caller is None or r.name == caller]
-            return {"daemon": self._daemon_info(), "servers": rows}
-        if cmd == "url":
-            return {"urls": {n: self._url(n) for n in self._names(args, caller, default_all=True)
-                             if n in self.desired.specs}}
-        if cmd == "logs":
-            names = self._names(args, caller, default_all=False)
-            journal = getattr(self.backend, "journal_unit", lambda n: None)
-            return {"paths": {n: self.backend.log_path(n) for n in names},
-                    "journal": {n: unit for n in names if (unit := journal(n))}}
-        if cmd in ("start", "stop", "restart"):
-            names = self._names(args, caller, default_all=False)
-            missing = [n for n in names if n not in self.desired.specs]
-            if missing:
-                raise Refused("; ".join(f"{n}: {self.desired.problems.get(n, 'not configured')}" for n in missing))
-            async with self.lock:
-                await self._act(cmd, names)
-            return {"done": names}
-        if cmd == "token":
-            return await self._token(args, caller)
-        if cmd == "passwd":
-            return await self._passwd(args, caller)
-        if cmd == "proxy":
-            if caller is not None:
-                raise Refused("permission denied: only root may render the proxy config")
-            return self._proxy()
-        if cmd == "reload":
-            if caller is not None:
-                raise Refused("permission denied: only root may reload notebookd")
-            await self.reload()
-            return {"reloaded": self.config.file}
-        if cmd == "shutdown":
-            if caller is not None:
-                raise Refused("permission denied: only root may shut notebookd down")
-            self.events.put_nowait("detach" if args.get("keep_servers") else "stop")
-            return {"pid": os.getpid()}
-        raise Refused(f"unknown command {cmd!r}")
+        if command.who == ROOT and caller is not None:
+            raise Refused(f"permission denied: only root may run 'notebookd {command.name}'")
+        return await getattr(self, f"on_{cmd}")(cmd, args, caller)
+
+    async def on_status(self, cmd: str, args: dict, caller: str | None) -> dict:
+        rows = [r.to_dict() for r in self._rows() if caller is None or r.name == caller]
+        return {"daemon": self._daemon_info(), "servers": rows}
+
+    async def on_url(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return {"urls": {n: self._url(n) for n in self._names(args, caller, default_all=True)
+                         if n in self.desired.specs}}
+
+    async def on_logs(self, cmd: str, args: dict, caller: str | None) -> dict:
+        names = self._names(args, caller, default_all=False)
+        journal = getattr(self.backend, "journal_unit", lambda n: None)
+        return {"paths": {n: self.backend.log_path(n) for n in names},
+                "journal": {n: unit for n in names if (unit := journal(n))}}
+
+    async def on_start(self, cmd: str, args: dict, caller: str | None) -> dict:
+        names = self._names(args, caller, default_all=False)
+        missing = [n for n in names if n not in self.desired.specs]
+        if missing:
+            raise Refused("; ".join(f"{n}: {self.desired.problems.get(n, 'not configured')}" for n in missing))
+        async with self.lock:
+            await self._act(cmd, names)
+        return {"done": names}
+
+    on_stop = on_restart = on_start
+
+    async def on_token(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return await self._token(args, caller)
+
+    async def on_passwd(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return await self._passwd(args, caller)
+
+    async def on_proxy(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return self._proxy()
+
+    async def on_reload(self, cmd: str, args: dict, caller: str | None) -> dict:
+        await self.reload()
+        return {"reloaded": self.config.file}
+
+    async def on_shutdown(self, cmd: str, args: dict, caller: str | None) -> dict:
+        self.events.put_nowait("detach" if args.get("keep_servers") else "stop")
+        return {"pid": os.getpid()}
 
     async def _act(self, cmd: str, names: list[str]) -> None:
         specs = [self.desired.specs[n] for n in names]

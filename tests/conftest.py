@@ -23,7 +23,22 @@ import urllib.request
 import pytest
 
 IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: creates Unix users and runs servers as them")
+# The one tier marker: tests that need root, apt packages, real servers or daemons. `-m "not root"` (the
+# fast tier, `tests/run --fast`) runs the rest anywhere; without root, marked tests are skipped, never errors.
+needs_root = pytest.mark.root
+# Fixtures that make real Unix users (and so run real servers): a test that uses one is in the root tier
+# even if its module forgot to say so.
+ROOT_FIXTURES = frozenset({"users"})
+_SKIP_NOT_ROOT = pytest.mark.skip(reason="needs root: creates Unix users and runs servers as them")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marker must be on every item by then
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("root") is None and ROOT_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.root)
+        if not IS_ROOT and item.get_closest_marker("root") is not None:
+            item.add_marker(_SKIP_NOT_ROOT)
 
 # Unique per test session: two sessions on one machine (CI retries, developers) must not delete or
 # recreate each other's users under the same names.

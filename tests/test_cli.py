@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("yaml", "psutil", "asyncio", "jupyter_server", "tornado", "notebookd.config", "notebookd.daemon")
 
 
@@ -40,6 +42,7 @@ def test_version():
     assert out.returncode == 0 and out.stdout.startswith("notebookd ")
 
 
+@pytest.mark.root  # system mode: as any other user a config describes only the caller's own server
 def test_check_config_names_a_missing_user_with_its_line(tmp_path):
     cfg = tmp_path / "n.yaml"
     cfg.write_text("listen: {ports: 8800-8810}\nusers:\n  nosuchuser-nbt: {port: 8801}\n")

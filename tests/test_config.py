@@ -790,3 +790,36 @@ def test_embed_sets_frame_ancestors_for_everyone_and_a_user_may_override():
         "alice": ("'self'", "https://lms.example.org"), "bob": ("'none'",)}
     assert error("embed: {frame_ancestors: [x]}\nserver:\n  frame_ancestors: [y]\n") == \
         f"{FILE}:3: server.frame_ancestors: already given under embed: (line 1); give it once"
+
+
+# ---- what a reload may change: derived from the declarations (restart=True) ----
+
+@pytest.mark.parametrize("before, after, fixed", [
+    ("backend: native\n", "backend: supervisor\n", ["backend"]),
+    ("", "supervisor: {socket: /run/other.sock}\n", ["supervisor.socket"]),
+    ("", "state_dir: /srv/notebookd-state\n", ["state_dir"]),
+    ("", "listen: {ports: 9000-9100}\nserver: {stop_timeout: 3s}\n", []),  # live: a reload applies them
+])
+def test_restart_only_keys_come_from_the_declarations(before, after, fixed):
+    assert config.restart_only_changes(load(before), load(after)) == fixed
+
+
+def test_a_reload_that_moves_state_dir_is_refused_and_changes_nothing(tmp_path):
+    """Tokens, password hashes, records and the port book all live in state_dir: a reload that moved
+    only some of them (the port book, before) would hand out new ports and lose every token."""
+    import asyncio
+
+    from notebookd.control import Refused
+    from notebookd.daemon import Daemon
+
+    cfg = tmp_path / "notebookd.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/a\n")
+    layout = LAYOUT._replace(config=str(cfg))
+    daemon = Daemon(layout, config.load(layout))
+    cfg.write_text(f"state_dir: {tmp_path}/b\nlisten: {{ports: 9000-9100}}\n")
+    with pytest.raises(Refused) as exc:
+        asyncio.run(daemon.reload())
+    assert str(exc.value) == (f"reload failed, running config kept: {cfg}: state_dir: take effect only "
+                              "when notebookd is restarted")
+    assert daemon.config.state_dir == f"{tmp_path}/a" and daemon.config.listen.ports == (8800, 8899)
+    assert daemon.last_reload["ok"] is False and not (tmp_path / "b").exists()
