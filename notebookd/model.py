@@ -20,6 +20,7 @@ class ServerState(enum.Enum):
     BACKOFF = "backoff"      # exited or failed to start; restart scheduled
     CRASHLOOP = "crashloop"  # failed too often in a row; retried at the slowest pace
     ERROR = "error"          # cannot be started as configured (no such user, no port left)
+    IDLE = "idle"            # configured, its socket held, no process: the next connection starts it
 
     @property
     def is_up(self) -> bool:
@@ -28,14 +29,17 @@ class ServerState(enum.Enum):
 
 # The only moves a server may make. Anything else is a bug, and `check_transition` says so.
 TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
-    ServerState.STOPPED: frozenset({ServerState.STARTING, ServerState.RUNNING}),  # RUNNING: adopted
+    ServerState.STOPPED: frozenset({ServerState.STARTING, ServerState.RUNNING,  # RUNNING: adopted
+                                    ServerState.IDLE}),  # IDLE: start: on-demand
     ServerState.STARTING: frozenset({ServerState.RUNNING, ServerState.STOPPING, ServerState.BACKOFF,
                                      ServerState.CRASHLOOP}),
     ServerState.RUNNING: frozenset({ServerState.STOPPING, ServerState.BACKOFF, ServerState.CRASHLOOP}),
-    ServerState.STOPPING: frozenset({ServerState.STOPPED, ServerState.BACKOFF, ServerState.CRASHLOOP}),
+    ServerState.STOPPING: frozenset({ServerState.STOPPED, ServerState.BACKOFF, ServerState.CRASHLOOP,
+                                     ServerState.IDLE}),  # IDLE: stopped for idleness
     ServerState.BACKOFF: frozenset({ServerState.STARTING, ServerState.STOPPED}),
     ServerState.CRASHLOOP: frozenset({ServerState.STARTING, ServerState.STOPPED}),
     ServerState.ERROR: frozenset(),
+    ServerState.IDLE: frozenset({ServerState.STARTING, ServerState.STOPPED}),  # STARTING: a connection came
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import pwd
@@ -18,6 +19,7 @@ import time
 
 from notebookd import jupyter, launcher, procs
 from notebookd.access import Access, NotReady
+from notebookd.activity import http_json
 from notebookd.forkserver import ForkError, ForkServer
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.gate import PriorityGate
@@ -63,7 +65,10 @@ class NativeServer:
         self.last_error: str | None = None
         self.last_exit: str | None = None
         self.health_failures = 0
+        self.idled = False  # stopped for idleness (not by a stop): goes back to IDLE
+        self.last_active: float | None = None
         self._urgent = False  # asked for (start/restart, crash or health restart): goes before bulk starts
+        self._on_demand = spec.settings.start == "on-demand"  # next start waits in IDLE for a connection
         self._want = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -93,7 +98,11 @@ class NativeServer:
     # -- commands from the backend --
     def start(self, urgent: bool = False) -> None:
         self._urgent = urgent
+        # an admin's `notebookd start` starts even an on-demand server now
+        self._on_demand = self.spec.settings.start == "on-demand" and not urgent
         self._want = True
+        if urgent and self.state is S.IDLE:
+            self._wake.set()  # out of the wait for a connection, into a start
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.spec.name}")
 
@@ -107,9 +116,16 @@ class NativeServer:
     async def _supervise(self) -> None:
         try:
             while self._want:
+                if self._on_demand and self.spec.name not in self.host.leftovers \
+                        and not await self._wait_for_connection():
+                    break
+                self.idled = False
                 failure = await self._run_once()
                 if not self._want:
                     break
+                if failure is None:  # stopped for idleness: the next connection starts it again
+                    self._on_demand = True
+                    continue
                 self.failures += 1
                 self._urgent = True  # the restart after a crash or failed health checks
                 self.last_error = failure
@@ -186,7 +202,8 @@ class NativeServer:
         ran = time.time() - self.started
         self.started = None
         if outcome is None:
-            await self._terminate("stop requested")
+            await self._terminate(f"idle for {self.spec.settings.idle.stop_after:g}s" if self.idled
+                                  else "stop requested")
             return None
         if ran >= self.spec.restart.reset_after:
             self.failures = 0
@@ -194,6 +211,52 @@ class NativeServer:
             await self._terminate(outcome)
         await self._reap_strays()
         return outcome
+
+    async def _wait_for_connection(self) -> bool:
+        """IDLE: the socket held, no process, until a client connects (True) or a stop comes (False).
+        The daemon only sees that the socket is readable; the server it starts accepts the connection."""
+        try:
+            sock = self._hold_socket()
+        except SpawnError as exc:  # the port is taken: the start fails (and retries) as usual
+            self.last_error = str(exc)
+            return True
+        self._transition(S.IDLE, "waits for a connection")
+        self._wake.clear()
+        loop = asyncio.get_running_loop()
+        pending = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: pending.done() or pending.set_result(None))
+        try:
+            async with self._woken() as waker:
+                await asyncio.wait([pending, waker], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(sock.fileno())
+        if not pending.done() and not (self._want and not self._on_demand):
+            return False  # a stop (or a restart, which comes back here)
+        self._urgent = True  # someone is waiting for it
+        self._on_demand = False
+        return True
+
+    async def _idle_for(self) -> float | None:
+        """How long the server has had no activity by jupyter's account, or None if it is active (or
+        cannot tell). Activity: `last_activity` of /api/status, open connections, busy kernels
+        (`/api/kernels?no_track_activity=1`: a silent long cell moves no last_activity)."""
+        spec = self.spec
+        try:
+            token = self.host.tokens.get(spec.name)
+        except Exception:  # noqa: BLE001 - no token (password only): no idle stop
+            return None
+        status = await http_json(spec.ip, spec.port, spec.base_url + "api/status", token, spec.tls.enabled)
+        kernels = await http_json(spec.ip, spec.port, spec.base_url + "api/kernels?no_track_activity=1", token,
+                                  spec.tls.enabled)
+        if not isinstance(status, dict) or not isinstance(kernels, list):
+            return None
+        if status.get("connections") or any(k.get("execution_state") == "busy" for k in kernels):
+            return None
+        try:
+            last = datetime.datetime.fromisoformat(str(status["last_activity"]).replace("Z", "+00:00")).timestamp()
+        except (KeyError, ValueError):
+            return None
+        return time.time() - max(last, self.started or 0)
 
     async def _wait_ready(self) -> str:
         """'ready', 'stop', or why the server never became ready."""
@@ -230,6 +293,13 @@ class NativeServer:
                                            tls=self.spec.tls.enabled)
                 if status == 200:
                     self.health_failures = 0
+                    stop_after = self.spec.settings.idle.stop_after
+                    if stop_after is not None:
+                        idle = await self._idle_for()
+                        self.last_active = None if idle is None else time.time() - idle
+                        if idle is not None and idle >= stop_after:
+                            self.idled = True
+                            return None
                     continue
                 self.health_failures += 1
                 self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
