@@ -26,6 +26,7 @@ from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
 from notebookd.listeners import PortTaken, SocketBook
+from notebookd.ports import describe_holder, port_holder
 from notebookd.probe import http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.tokens import TokenStore
@@ -117,7 +118,7 @@ class NativeServer:
         try:
             while self._want:
                 if self._on_demand and self.spec.name not in self.host.leftovers \
-                        and not await self._wait_for_connection():
+                        and self.host.hands_socket(self.spec) and not await self._wait_for_connection():
                     break
                 self.idled = False
                 failure = await self._run_once()
@@ -241,9 +242,11 @@ class NativeServer:
         cannot tell). Activity: `last_activity` of /api/status, open connections, busy kernels
         (`/api/kernels?no_track_activity=1`: a silent long cell moves no last_activity)."""
         spec = self.spec
+        if spec.settings.auth == "password":
+            return None  # no token to ask with: never stopped for idleness (README)
         try:
             token = self.host.tokens.get(spec.name)
-        except Exception:  # noqa: BLE001 - no token (password only): no idle stop
+        except OSError:
             return None
         status = await http_json(spec.ip, spec.port, spec.base_url + "api/status", token, spec.tls.enabled)
         kernels = await http_json(spec.ip, spec.port, spec.base_url + "api/kernels?no_track_activity=1", token,
@@ -332,11 +335,18 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
         if not os.path.isdir(spec.root_dir):
             raise SpawnError(f"root_dir {spec.root_dir} does not exist")
-        listener = self._hold_socket()
         try:
             words = jupyter.command(spec)
         except FileNotFoundError as exc:
             raise SpawnError(str(exc)) from None
+        python = None if spec.settings.spawn == "fork" else launcher.python_of(words, jupyter.interpreter(words[0]))
+        if spec.settings.spawn == "fork" or python:
+            listener = self._hold_socket()
+        else:  # not a Python we can hand a socket to (a shell wrapper...): it binds its port itself
+            listener = None
+            self.host.sockets.release(spec.name)
+            if port_holder(spec.ip, spec.port):
+                raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
 
         files = self.host.server_files(spec)
         try:  # token, password hash, TLS key: each readable by this user only (access.py)
@@ -359,14 +369,12 @@ class NativeServer:
                     (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep,
                     listener.fileno(), drain)
             else:
-                try:
-                    argv = launcher.wrap(argv, listener.fileno(), drain, jupyter.interpreter(words[0]))
-                except ValueError as exc:
-                    raise SpawnError(str(exc)) from None
+                if listener is not None:
+                    argv = launcher.wrap(argv, listener.fileno(), drain, python)
                 popen = subprocess.Popen(
                     argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    pass_fds=(keep, listener.fileno()), start_new_session=True, umask=0o077, close_fds=True,
-                    **identity,
+                    pass_fds=(keep, listener.fileno()) if listener is not None else (keep,), start_new_session=True,
+                    umask=0o077, close_fds=True, **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
@@ -551,6 +559,16 @@ class NativeBackend:
             self._close_pipe(server)
         self.sockets.release(name)  # the port is free the moment the user is no longer configured
 
+    def hands_socket(self, spec: ServerSpec) -> bool:
+        """Whether this user's server can be handed a socket: fork, or a Python command (launcher.py)."""
+        if spec.settings.spawn == "fork":
+            return True
+        try:
+            words = jupyter.command(spec)
+        except FileNotFoundError:
+            return False
+        return launcher.python_of(words, jupyter.interpreter(words[0])) is not None
+
     def hold_sockets(self, specs: dict[str, ServerSpec]) -> dict[str, str]:
         """Hold the socket of every configured user, servers up or not (held stopped by an admin
         too); returns why a user's could not be held. Running servers' sockets are held already."""
@@ -560,6 +578,8 @@ class NativeBackend:
             if server is not None and server.wanted:
                 continue  # its own start holds it (or takes it back from an adopted process)
             leftover = self.leftovers.get(name)
+            if not self.hands_socket(spec):
+                continue
             try:
                 self.sockets.hold(name, spec.ip, spec.port, leftover.pid if leftover else None)
             except PortTaken as exc:
