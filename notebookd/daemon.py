@@ -284,7 +284,7 @@ class Daemon:
                 path = jupyter.server_kind(jupyter.command(spec)).default_url
             except FileNotFoundError:
                 path = None
-        url = f"{spec.url()}{(path or '/').lstrip('/')}"
+        url = f"{spec.url(self._address(name))}{(path or '/').lstrip('/')}"
         if not uses_token(spec):
             return url  # password only: the login page asks for it
         return f"{url}?token={self.tokens.get(name)}"
@@ -332,8 +332,13 @@ class Daemon:
         restarted = uses_password(spec) and await self._restart_if_wanted(name)
         return {"user": name, "auth": spec.settings.auth, "restarted": restarted}
 
+    def _address(self, name: str) -> str | None:
+        """Where the server answers if not on its spec's ip: the node of its Slurm job."""
+        return getattr(self.backend, "address", lambda n: None)(name)
+
     def _proxy(self) -> dict:
-        servers = [{"name": n, "ip": s.ip, "port": s.port, "base_url": s.base_url, "tls": s.tls.enabled}
+        servers = [{"name": n, "ip": self._address(n) or s.ip, "port": s.port, "base_url": s.base_url,
+                    "tls": s.tls.enabled}
                    for n, s in sorted(self.desired.specs.items())]
         proxy = self.config.proxy
         return {"config": self.config.file, "servers": servers,

@@ -426,7 +426,7 @@ def test_recursive_alias(text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd)"),
+    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd, slurm)"),
     ("listen: {ip: localhost}\n", "1: listen.ip: 'localhost' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)"),
     ("listen: {ports: 9000-8000}\n", "1: listen.ports: range 9000-8000 is empty"),
     ("listen: {ports: 8800-70000}\n", "1: listen.ports: 70000 is not a valid port (1-65535)"),
