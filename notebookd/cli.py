@@ -143,8 +143,13 @@ def format_status(daemon: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# What a server writes may hold terminal escapes: shown to root as visible text, never interpreted.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))})  # bidi
+
+
 def _one_line(text: str, limit: int = 100) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text.split()).translate(_ESCAPES)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

@@ -7,6 +7,7 @@ change anything go through the same lock, so reconcile steps never interleave.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, kernelspecs, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, fds, jupyter, kernelspecs, reconcile
 from notebookd.access import uses_password, uses_token
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
@@ -26,6 +27,8 @@ from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
+from notebookd.ports import PortBookError
+from notebookd.reconcile import ApplyError
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -56,6 +59,11 @@ class Daemon:
                            (signal.SIGUSR2, "detach")):
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         ensure_dir(self.layout.run_dir, 0o755)
+        lock = _lock_run_dir(self.layout.run_dir)
+        if lock is None:
+            return 1
+        soft, _ = fds.raise_nofile()
+        log.debug("open-file limit %d", soft)
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
         self.passwords = PasswordStore(self.config.state_dir)
@@ -66,8 +74,17 @@ class Daemon:
             log.error("backend %s: %s", self.config.backend, exc)
             return 1
         control = await serve(self.layout.socket, self.handle)
-        async with self.lock:
-            await self._reconcile()
+        try:
+            async with self.lock:
+                await self._reconcile()
+        except PortBookError as exc:  # refuse rather than give every user a new port
+            log.error("%s", exc)
+            control.close()
+            await self.backend.detach()  # whatever an earlier daemon left running stays for the next one
+            os.close(lock)
+            return 1
+        except Exception:  # noqa: BLE001 - the servers that could start run; the error is in the log
+            log.exception("the first reconcile failed")
         self.notifier.ready(self._summary())
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
@@ -82,6 +99,8 @@ class Daemon:
                         await self.reload()
                     except Refused:
                         pass  # logged and shown in status; the running config stays
+                    except Exception:  # noqa: BLE001 - only an explicit stop ends the servers
+                        log.exception("reload failed")
                 elif event in ("stop", "detach"):
                     break
         finally:
@@ -100,6 +119,7 @@ class Daemon:
                 os.unlink(self.layout.socket)
             except FileNotFoundError:
                 pass
+            os.close(lock)
         if event == "detach":
             return EXIT_DETACHED
         log.info("stopped")
@@ -145,7 +165,17 @@ class Daemon:
             raise Refused(f"reload failed, running config kept: {error}")
         async with self.lock:
             self.config = new
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception as exc:  # noqa: BLE001 - e.g. a logs.dir that cannot be made, a full disk
+                error = f"{new.file}: applying the new config failed: {exc}"
+                self.last_reload = {"ok": False, "at": time.time(), "error": error}
+                if isinstance(exc, (ApplyError, OSError)):  # a known kind, said in one line
+                    log.error("reload: %s", error)
+                else:
+                    log.exception("reload: %s", error)
+                self.notifier.ready(self._summary())
+                raise Refused(error) from None
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
         log.info("reloaded %s", new.file)
         self.notifier.ready(self._summary())
@@ -299,11 +329,13 @@ class Daemon:
 
     async def _restart_if_wanted(self, name: str) -> bool:
         """Restart a server that should be up (running, starting, backing off) so it takes new
-        credentials; a server an admin stopped stays stopped and takes them at its next start."""
-        spec = self.desired.specs[name]
-        if name in self.held or name not in self.backend.specs():
-            return False
+        credentials; a server an admin stopped stays stopped and takes them at its next start.
+
+        Decided under the lock: an admin's stop or removal queued before this request wins."""
         async with self.lock:
+            spec = self.desired.specs.get(name)
+            if spec is None or name in self.held or name not in self.backend.specs():
+                return False
             await self.backend.restart(spec)
         return True
 
@@ -374,6 +406,24 @@ class Daemon:
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
             "reload": self.last_reload, "warnings": list(self.desired.warnings),
         }
+
+
+def _lock_run_dir(run_dir: str) -> int | None:
+    """Hold `notebookd.lock` in the run dir for as long as this daemon lives; None (logged) if another
+    daemon holds it: a second `notebookd run` must not take over the first one's socket and servers."""
+    path = os.path.join(run_dir, "notebookd.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        log.error("another notebookd (pid %s) is running with run dir %s; not starting a second one",
+                  holder, run_dir)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def run(layout: Layout, config: configmod.Config) -> int:

@@ -165,9 +165,12 @@ class StatusClient:
     def rows(self) -> dict[str, dict]:
         return {r["name"]: r for r in self.status()["servers"]}
 
-    def wait_state(self, name: str, state: str, timeout: float | None = None) -> dict:
-        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r,
-                        timeout or self.wait_timeout, what=f"{name} {state}")
+    def wait_state(self, name: str, state: str | tuple[str, ...], timeout: float | None = None) -> dict:
+        """`state` may be several: a failing start moves on from backoff to crashloop while a slow machine
+        is busy with the other servers, so "not started, retried" is ("backoff", "crashloop")."""
+        states = (state,) if isinstance(state, str) else state
+        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] in states and r,
+                        timeout or self.wait_timeout, what=f"{name} {'/'.join(states)}")
 
     def wait_replaced(self, name: str, old_pid: int, timeout: float | None = None) -> dict:
         """Wait until `name` runs again in a process other than `old_pid`."""

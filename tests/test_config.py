@@ -792,6 +792,31 @@ def test_embed_sets_frame_ancestors_for_everyone_and_a_user_may_override():
         f"{FILE}:3: server.frame_ancestors: already given under embed: (line 1); give it once"
 
 
+# ---- hostile config text (issue 10): aliases that expand without end, control characters ----
+
+def test_an_alias_bomb_is_refused_quickly_with_one_line():
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 values
+    text = "listen: {ip: 127.0.0.1}\n" + "\n".join(levels) + "\n"
+    import time
+
+    t0 = time.monotonic()
+    message = error(text)
+    assert time.monotonic() - t0 < 30  # unbounded, 10**9 values would take hours; 30 s leaves room for a loaded CI machine
+    assert "more than 100000 values" in message
+
+
+@pytest.mark.parametrize("key, value", [
+    ("base_url", '"/u/{user}/\\nExecStartPre=/bin/sh -c id"'),
+    ("args", '["--ServerApp.x=1\\nEnvironment=LD_PRELOAD=/tmp/x.so"]'),
+    ("env", '{PROJECT: "a\\nb"}'),
+    ("root_dir", '"/srv/\\r{user}"'),
+])
+def test_a_control_character_in_a_value_is_refused_with_its_line(key, value):
+    message = error(f"users:\n  bob:\n    {key}: {value}\n")
+    assert ":3: " in message and "control character" in message
+
+
 # ---- what a reload may change: derived from the declarations (restart=True) ----
 
 @pytest.mark.parametrize("before, after, fixed", [

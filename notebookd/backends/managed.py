@@ -32,7 +32,7 @@ from notebookd.backends.base import BackendError
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerSpec, ServerStatus
 from notebookd.ports import describe_holder, port_holder
-from notebookd.probe import http_status
+from notebookd.probe import Unprobed, http_status
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -382,6 +382,8 @@ class ManagedBackend:
                                  tls=spec.tls.enabled)
         if code == 200:
             s.health_failures = 0
+            return
+        if isinstance(code, Unprobed):  # the daemon is out of descriptors: nothing known about the server
             return
         s.health_failures += 1
         s.last_error = f"health check failed ({s.health_failures}/{spec.health.failures}): {code}"

@@ -20,14 +20,15 @@ import time
 from notebookd import jupyter, launcher, procs
 from notebookd.access import Access, NotReady
 from notebookd.activity import http_json
+from notebookd.fds import Throttle
 from notebookd.forkserver import ForkError, ForkServer
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
-from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
+from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
 from notebookd.listeners import PortTaken, SocketBook
 from notebookd.ports import describe_holder, port_holder
-from notebookd.probe import http_status
+from notebookd.probe import Unprobed, http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.tokens import TokenStore
 
@@ -121,7 +122,10 @@ class NativeServer:
                         and self.host.hands_socket(self.spec) and not await self._wait_for_connection():
                     break
                 self.idled = False
-                failure = await self._run_once()
+                try:
+                    failure = await self._run_once()
+                except Exception as exc:  # noqa: BLE001 - a bug here ends no server for good, and no one else's
+                    failure = await self._recover(exc)
                 if not self._want:
                     break
                 if failure is None:  # stopped for idleness: the next connection starts it again
@@ -132,7 +136,9 @@ class NativeServer:
                 self.last_error = failure
                 crashloop = self.failures >= self.spec.restart.crashloop_after
                 delay = self._backoff()
-                self._transition(S.CRASHLOOP if crashloop else S.BACKOFF, f"{failure}; retry in {delay:.0f}s")
+                target = S.CRASHLOOP if crashloop else S.BACKOFF
+                if target in TRANSITIONS[self.state]:  # after a supervision error it may already wait
+                    self._transition(target, f"{failure}; retry in {delay:.0f}s")
                 await self._sleep(delay)
                 if self._want:
                     self.restarts += 1
@@ -149,6 +155,18 @@ class NativeServer:
                     await self._terminate("stop requested")
                 if self.state is not S.STOPPED:
                     self._transition(S.STOPPED)
+
+    async def _recover(self, exc: Exception) -> str:
+        """An unexpected error in one life of the server: log it, make sure no untracked process is
+        left behind, and let the loop start the server again after the usual backoff."""
+        log.exception("%s: supervision error; the server is restarted", self.spec.name)
+        why = f"notebookd error while supervising: {exc}"
+        try:
+            if self.state in (S.STARTING, S.RUNNING) or self.pid is not None:
+                await self._terminate(why)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: cannot stop it after a supervision error", self.spec.name)
+        return why
 
     def _backoff(self) -> float:
         r = self.spec.restart
@@ -181,6 +199,14 @@ class NativeServer:
                     if record is not None:  # started with another spec while no daemon watched
                         await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
                                               self.spec.settings.stop_timeout)
+                    elif self.spec.name not in self.host.sockets.names() and port_holder(self.spec.ip,
+                                                                                         self.spec.port):
+                        # no record (lost, damaged) but maybe our own earlier server: it carries the marker
+                        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker,
+                                                       self.spec.settings.stop_timeout)
+                        if killed:
+                            log.warning("%s: stopped an earlier server without a record (pids %s)",
+                                        self.spec.name, ", ".join(map(str, killed)))
                     await self._spawn()
                 outcome = await self._wait_ready()
         except SpawnError as exc:
@@ -275,6 +301,9 @@ class NativeServer:
                 status = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=5, tls=spec.tls.enabled)
                 if status == 200:
                     return "ready"
+                if isinstance(status, Unprobed):  # the daemon's shortage is not the server's time
+                    deadline += pause
+                    self.host.throttle.warn("probe", "%s: %s", spec.name, status)
                 if time.monotonic() > deadline:
                     return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
@@ -303,6 +332,9 @@ class NativeServer:
                         if idle is not None and idle >= stop_after:
                             self.idled = True
                             return None
+                    continue
+                if isinstance(status, Unprobed):
+                    self.host.throttle.warn("probe", "%s: %s", self.spec.name, status)
                     continue
                 self.health_failures += 1
                 self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
@@ -385,7 +417,11 @@ class NativeServer:
             os.close(out)
             os.close(keep)
         self._exit = self.proc.watch(self.pipe.drain)
-        self.host.records.write(spec, self.proc.pid)
+        try:
+            self.host.records.write(spec, self.proc.pid)
+        except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC; psutil's errors are not OSErrors
+            # the server runs and is watched; only a later daemon could not adopt it
+            log.error("%s: cannot write its record (a restarted notebookd will not adopt it): %s", spec.name, exc)
 
     def _hold_socket(self, from_pid: int | None = None, strict: bool = True):
         """The listening socket notebookd holds for this user (listeners.py); bound on first use."""
@@ -445,6 +481,7 @@ class NativeBackend:
         self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
         self._fork_server: ForkServer | None = None
         self.changed = on_change
+        self.throttle = Throttle()  # messages about the daemon's own shortages, not one server's
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
 
     async def open(self) -> None:
@@ -484,10 +521,20 @@ class NativeBackend:
             "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
         }
 
+    def _sink(self, spec: ServerSpec) -> RotatingFile:
+        """The server's log file, opened (so that a bad logs.dir fails here, naming the place)."""
+        try:
+            ensure_dir(spec.logs.dir, 0o755)
+            sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
+                                uid=self.root_uid, gid=self.root_uid,
+                                reader=spec.account.uid if self.system else None)
+            sink._open()
+        except OSError as exc:
+            raise OSError(f"cannot write its log in {spec.logs.dir}: {exc.strerror or exc}") from None
+        return sink
+
     def log_pipe(self, spec: ServerSpec) -> LogPipe:
-        ensure_dir(spec.logs.dir, 0o755)
-        sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
-                            uid=self.root_uid, gid=spec.account.gid)
+        sink = self._sink(spec)
         pipe = LogPipe(os.path.join(self.run_dir, "logs", f"{spec.name}.pipe"), sink)
         pipe.open()
         asyncio.get_running_loop().add_reader(pipe.fd, pipe.drain)
@@ -532,10 +579,12 @@ class NativeBackend:
         server = self.servers.get(spec.name)
         if server is None:
             return await self.start(spec, urgent)
+        sink = self._sink(spec) if server.spec.logs != spec.logs else None  # fails before anything stops
         await server.stop()
-        if server.spec.logs != spec.logs:
-            self._close_pipe(server)
-            server.pipe = self.log_pipe(spec)
+        if sink is not None:
+            server.pipe.drain()
+            server.pipe.sink.close()
+            server.pipe.sink = sink  # the same FIFO, now written to the new place
         server.spec = spec
         server.start(urgent)
 
