@@ -171,7 +171,7 @@ def cmd_status(args) -> int:
         print(json.dumps({"daemon": data["daemon"], "servers": rows}, indent=2))
     else:
         print(format_status(data["daemon"], rows))
-    all_up = all(r["state"] == "running" for r in rows)
+    all_up = all(r["state"] in ("running", "idle") for r in rows)  # idle: up, started by its next connection
     return EXIT_OK if all_up and (rows or os.geteuid() == 0) else EXIT_NOT_RUNNING
 
 

@@ -27,6 +27,7 @@ USERNAME = v.USERNAME
 AUTH_MODES = ("token", "password", "both")
 TLS_MODES = ("off", "self-signed", "files")
 SPAWN_MODES = ("exec", "fork")
+START_MODES = ("always", "on-demand")
 
 
 def setting(default: Any, read: Callable[[Located], Any] | None, help: str, *, restart: bool = False) -> Any:
@@ -192,6 +193,16 @@ class KernelEntry:
 
 
 @dataclass(frozen=True)
+class Idle:
+    """When a server counts as idle (README, "Idle servers"), and jupyter's own kernel culling."""
+
+    stop_after: float | None = setting(None, v.optional(v.positive_duration),
+                                       "stop a server with no activity for this long; empty: never")
+    kernels_after: float | None = setting(None, v.optional(v.positive_duration),
+                                          "jupyter culls kernels idle this long (cull_idle_timeout); empty: never")
+
+
+@dataclass(frozen=True)
 class Slurm:
     """backend: slurm: what a server's job asks for (`slurm:` the defaults, `users.NAME.slurm:` overrides keys
     but shared_dir); empty values are left to the cluster's defaults, and sbatch checks what is given."""
@@ -224,6 +235,8 @@ class ServerSettings:
     start_timeout: float = setting(60.0, v.positive_duration, "not ready this long after a start: restarted")
     stop_timeout: float = setting(10.0, v.positive_duration, "SIGTERM, then SIGKILL after this long")
     spawn: str = setting("exec", _spawn, "exec, or fork from a template that imported jupyter_server once")
+    start: str = setting("always", v.choice(*START_MODES), "always, or on-demand: at the first connection")
+    idle: Idle = section(Idle, "idle stop of servers, kernel culling")
     slurm: Slurm = Slurm()  # not a key of server: but of the top level and users.NAME: (from_document)
 
     def check(self, sec: _Section) -> None:
@@ -231,6 +244,10 @@ class ServerSettings:
         if self.spawn == "fork" and self.command:
             where = sec.keys.get("spawn") or sec.keys.get("command") or sec.item
             raise where.error("spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec")
+        if self.idle.stop_after is not None and self.idle.stop_after < self.start_timeout:
+            where = sec.keys.get("idle") or sec.keys.get("start_timeout") or sec.item
+            raise where.error(f"idle.stop_after ({self.idle.stop_after:g}s) is shorter than start_timeout "
+                              f"({self.start_timeout:g}s)")
 
 
 @dataclass(frozen=True)
@@ -469,7 +486,29 @@ def from_document(root: Located, layout: Layout) -> Config:
                            else f.metadata["read"](item))
         if f.name == "tls":
             _check_remote_access(got.get("listen", Listen()), got.get("tls", TLS()), given.get("listen"), file)
+    _check_on_demand(got.get("backend", "native"), given)
     return Config(file=file, **got)
+
+
+def _check_on_demand(backend: str, given: dict[str, Located]) -> None:
+    """Only the native backend holds users' sockets, which on-demand starts and idle stops need."""
+    if backend == "native":
+        return
+    places = [given["server"]] if "server" in given else []
+    if "users" in given and isinstance(given["users"].value, dict):
+        places += list(given["users"].value.values())
+    for place in places:
+        if not isinstance(place.value, dict):
+            continue
+        for key in ("start", "idle"):
+            item = place.value.get(key)
+            if item is None or (key == "start" and item.value == "always"):
+                continue
+            if key == "idle" and not (isinstance(item.value, dict) and item.value.get("stop_after") is not None
+                                      and item.value["stop_after"].value not in (None, "")):
+                continue
+            raise item.error(f"needs backend: native (backend: {backend} binds its servers' ports itself, "
+                             "so nothing holds a port while its server is down)")
 
 
 def _server(given: dict[str, Located], embed: Embed) -> ServerSettings:

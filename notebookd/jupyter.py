@@ -115,6 +115,10 @@ def server_config(spec: ServerSpec, kind: ServerKind, access=None) -> dict:
     tornado = app.setdefault("tornado_settings", {})
     tornado.setdefault("headers", {})["Content-Security-Policy"] = csp
     app.update(disable_check_xsrf=False, allow_origin="", allow_origin_pat="")
+    cull = spec.settings.idle.kernels_after
+    if cull is not None:  # the same trait names in 1.23 and 2.x
+        config.setdefault("MappingKernelManager", {}).update(
+            cull_idle_timeout=int(cull), cull_interval=max(1, min(300, int(cull // 4))))
     if major >= 2:
         app["identity_provider_class"] = "jupyter_server.auth.identity.PasswordIdentityProvider"
         config.setdefault("PasswordIdentityProvider", {}).update(allow_password_change=False)

@@ -20,6 +20,7 @@ class ServerState(enum.Enum):
     BACKOFF = "backoff"      # exited or failed to start; restart scheduled
     CRASHLOOP = "crashloop"  # failed too often in a row; retried at the slowest pace
     ERROR = "error"          # cannot be started as configured (no such user, no port left)
+    IDLE = "idle"            # configured, its socket held, no process: the next connection starts it
 
 
 S = ServerState
@@ -27,14 +28,15 @@ S = ServerState
 # The only moves a server may make, for every backend. Anything else is a bug, and `check_transition`
 # says so. An adopted server goes STOPPED -> STARTING ("adopting pid N") -> RUNNING once it answers.
 TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
-    S.STOPPED: frozenset({S.STARTING}),
+    S.STOPPED: frozenset({S.STARTING, S.IDLE}),  # IDLE: start: on-demand
     S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.BACKOFF, S.CRASHLOOP}),
     S.RUNNING: frozenset({S.STOPPING, S.BACKOFF, S.CRASHLOOP}),
-    S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.CRASHLOOP}),
+    S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.CRASHLOOP, S.IDLE}),  # IDLE: stopped for idleness
     # CRASHLOOP: a process manager that gave up after its own retries (supervisord FATAL, systemd failed)
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.CRASHLOOP}),
     S.CRASHLOOP: frozenset({S.STARTING, S.STOPPED}),
     S.ERROR: frozenset(),
+    S.IDLE: frozenset({S.STARTING, S.STOPPED}),  # STARTING: a connection is pending on the held socket
 }
 
 # States a look at a process manager can miss between two polls: it starts a process, or sees one exit
