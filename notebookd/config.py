@@ -22,11 +22,12 @@ from notebookd import values as v
 from notebookd.paths import Layout
 from notebookd.yamlsource import ConfigError, Located, parse
 
-BACKENDS = ("native", "supervisor", "systemd")
+BACKENDS = ("native", "supervisor", "systemd", "slurm")
 USERNAME = v.USERNAME
 AUTH_MODES = ("token", "password", "both")
 TLS_MODES = ("off", "self-signed", "files")
 SPAWN_MODES = ("exec", "fork")
+START_MODES = ("always", "on-demand")
 
 
 def setting(default: Any, read: Callable[[Located], Any] | None, help: str, *, restart: bool = False) -> Any:
@@ -66,6 +67,39 @@ def _tls_mode(item: Located) -> str:
             return "off"
         raise item.error(f"{item.value!r} is not a mode (one of: {', '.join(TLS_MODES)})")
     return v.choice(*TLS_MODES)(item)
+
+
+# ---- slurm: what each server's job asks for ----
+
+_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.I)
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_.,:=+*/@%-]+")
+# sbatch options notebookd sets itself: who runs the job, with what environment, where it writes
+_SLURM_OWN = re.compile(r"--(?:uid|gid|export|export-file|get-user-env|output|error|input|open-mode|job-name|chdir|"
+                        r"wrap|parsable|array|requeue|no-requeue|test-only|hold|wait|batch|nodes|ntasks)(?:=|$)")
+
+
+def _slurm_word(item: Located) -> str:
+    text = v.string(item)
+    if text and not _SLURM_WORD.fullmatch(text):
+        raise item.error(f"{text!r} is not a Slurm value (letters, digits and . , : = + * / @ % - only)")
+    return text
+
+
+def _slurm_time(item: Located) -> str:
+    text = v.string(item)
+    if text and not _SLURM_TIME.fullmatch(text):
+        raise item.error(f"{text!r} is not a Slurm time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
+    return text
+
+
+def _slurm_extra(item: Located) -> tuple[str, ...]:
+    words = v.str_list(item)
+    for word, located in zip(words, item.value):
+        if not word.startswith("--") or not _SLURM_WORD.fullmatch(word):
+            raise located.error(f"{word!r}: give each sbatch option as one word, --name=value")
+        if _SLURM_OWN.match(word):
+            raise located.error(f"{word!r} is set by notebookd (who runs the job, its environment, its output)")
+    return words
 
 
 # ---- sections: each key declared once ----
@@ -206,6 +240,33 @@ class KernelEntry:
 
 
 @dataclass(frozen=True)
+class Idle:
+    """When a server counts as idle (README, "Idle servers"), and jupyter's own kernel culling."""
+
+    stop_after: float | None = setting(None, v.optional(v.positive_duration),
+                                       "stop a server with no activity for this long; empty: never")
+    kernels_after: float | None = setting(None, v.optional(v.positive_duration),
+                                          "jupyter culls kernels idle this long (cull_idle_timeout); empty: never")
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """backend: slurm: what a server's job asks for (`slurm:` the defaults, `users.NAME.slurm:` overrides keys
+    but shared_dir); empty values are left to the cluster's defaults, and sbatch checks what is given."""
+
+    partition: str = setting("", _slurm_word, "--partition")
+    account: str = setting("", _slurm_word, "--account")
+    qos: str = setting("", _slurm_word, "--qos")
+    time: str = setting("", _slurm_time, "--time: minutes, HH:MM:SS or D-HH:MM:SS")
+    cpus: int | None = setting(None, v.optional(v.int_range(1, 100000, "CPU count")), "--cpus-per-task")
+    mem: str = setting("", _slurm_word, "--mem, Slurm's size syntax (4G, 500M)")
+    gres: str = setting("", _slurm_word, "--gres, e.g. gpu:1")
+    extra: tuple[str, ...] = setting((), _slurm_extra, "more sbatch options, one word each (--constraint=ib)")
+    shared_dir: str = setting("", v.optional_path, "a root-owned directory every node sees; empty: the run dir",
+                              restart=True)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """What a user's server runs with; `server:` gives the defaults, `users.NAME:` overrides them."""
 
@@ -221,12 +282,19 @@ class ServerSettings:
     start_timeout: float = setting(60.0, v.positive_duration, "not ready this long after a start: restarted")
     stop_timeout: float = setting(10.0, v.positive_duration, "SIGTERM, then SIGKILL after this long")
     spawn: str = setting("exec", _spawn, "exec, or fork from a template that imported jupyter_server once")
+    start: str = setting("always", v.choice(*START_MODES), "always, or on-demand: at the first connection")
+    idle: Idle = section(Idle, "idle stop of servers, kernel culling")
+    slurm: Slurm = Slurm()  # not a key of server: but of the top level and users.NAME: (from_document)
 
     def check(self, sec: _Section) -> None:
         """`spawn: fork` forks notebookd's own interpreter: it cannot run another command."""
         if self.spawn == "fork" and self.command:
             where = sec.keys.get("spawn") or sec.keys.get("command") or sec.item
             raise where.error("spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec")
+        if self.idle.stop_after is not None and self.idle.stop_after < self.start_timeout:
+            where = sec.keys.get("idle") or sec.keys.get("start_timeout") or sec.item
+            raise where.error(f"idle.stop_after ({self.idle.stop_after:g}s) is shorter than start_timeout "
+                              f"({self.start_timeout:g}s)")
 
 
 @dataclass(frozen=True)
@@ -235,6 +303,13 @@ class Restart:
     backoff_max: float = setting(60.0, v.duration, "the longest wait (it doubles at each failure in a row)")
     crashloop_after: int = setting(5, v.count, "failed starts in a row before the server is shown as crashloop")
     reset_after: float = setting(60.0, v.duration, "running this long clears the failure count")
+
+    def delay(self, failures: int) -> float:
+        """The wait before the next start after `failures` failed starts in a row: doubling from backoff_min,
+        at most backoff_max, and always backoff_max in a crash loop."""
+        if failures >= self.crashloop_after:
+            return self.backoff_max
+        return min(self.backoff_max, self.backoff_min * 2 ** (failures - 1))
 
     def check(self, sec: _Section) -> None:
         if "backoff_min" in sec.keys and self.backoff_min <= 0:
@@ -337,13 +412,14 @@ class Config:
     """The whole file. The order of the keys is the order they are read (and errors found) in."""
 
     file: str
-    backend: str = setting("native", _backend, "native | supervisor | systemd", restart=True)
+    backend: str = setting("native", _backend, "native | supervisor | systemd | slurm", restart=True)
     listen: Listen = section(Listen, "where the servers listen")
     tls: TLS = section(TLS, "TLS of the servers themselves")
     proxy: Proxy = section(Proxy, "what `notebookd render nginx` puts in front")
     front_door: FrontDoor = section(FrontDoor, "the login page (PAM) in front of every server")
     kernels: tuple[Kernel, ...] = setting((), _kernels, "kernels every server offers besides its default one")
     embed: Embed = section(Embed, "embedding in other sites")
+    slurm: Slurm = section(Slurm, "for backend: slurm: what each server's job asks for")  # before server:
     server: ServerSettings = setting(ServerSettings(), None, "defaults for every user's server")  # after embed:
     restart: Restart = section(Restart, "restarts with backoff")
     health: Health = section(Health, "health probes of running servers")
@@ -372,7 +448,8 @@ def _readers(cls: type) -> dict[str, Callable[[Located], Any]]:
 
 _TOP_KEYS = tuple(f.name for f in keys_of(Config))
 _SERVER_KEYS = _readers(ServerSettings)
-_USER_KEYS = {**_readers(UserEntry), **_SERVER_KEYS}
+# users.NAME.slurm: is read over the top-level slurm: (in _users), so it is taken as it comes here
+_USER_KEYS = {**_readers(UserEntry), **_SERVER_KEYS, "slurm": lambda item: item}
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
@@ -448,7 +525,7 @@ def from_document(root: Located, layout: Layout) -> Config:
     got: dict[str, Any] = {"state_dir": layout.state_dir, "logs": Logs(dir=layout.log_dir)}
     for f in keys_of(Config):
         if f.name == "server":
-            got["server"] = _server(given, got.get("embed", Embed()))
+            got["server"] = replace(_server(given, got.get("embed", Embed())), slurm=got.get("slurm", Slurm()))
         elif f.name == "users":
             got["users"] = _users(given.get("users"), got["server"], file)
         elif f.name in given:
@@ -460,7 +537,29 @@ def from_document(root: Located, layout: Layout) -> Config:
         if f.name == "front_door":
             _check_front_door(got.get("front_door", FrontDoor()), got.get("proxy", Proxy()), given.get("front_door"),
                               file)
+    _check_on_demand(got.get("backend", "native"), given)
     return Config(file=file, **got)
+
+
+def _check_on_demand(backend: str, given: dict[str, Located]) -> None:
+    """Only the native backend holds users' sockets, which on-demand starts and idle stops need."""
+    if backend == "native":
+        return
+    places = [given["server"]] if "server" in given else []
+    if "users" in given and isinstance(given["users"].value, dict):
+        places += list(given["users"].value.values())
+    for place in places:
+        if not isinstance(place.value, dict):
+            continue
+        for key in ("start", "idle"):
+            item = place.value.get(key)
+            if item is None or (key == "start" and item.value == "always"):
+                continue
+            if key == "idle" and not (isinstance(item.value, dict) and item.value.get("stop_after") is not None
+                                      and item.value["stop_after"].value not in (None, "")):
+                continue
+            raise item.error(f"needs backend: native (backend: {backend} binds its servers' ports itself, "
+                             "so nothing holds a port while its server is down)")
 
 
 def _server(given: dict[str, Located], embed: Embed) -> ServerSettings:
@@ -489,6 +588,9 @@ def _users(item: Located | None, server: ServerSettings, file: str) -> tuple[Use
                 other, line = seen_ports[port]
                 raise sec.keys["port"].error(f"port {port} is already given to {other} (line {line})")
             seen_ports[port] = (name, sec.keys["port"].line)
+        if "slurm" in values:  # a user's slurm: keys override the defaults one by one; shared_dir is lab-wide
+            known = {f.name: f.metadata["read"] for f in keys_of(Slurm) if f.name != "shared_dir"}
+            values["slurm"] = read_section(Slurm, values["slurm"], server.slurm, known)
         if "env" in values:  # a user's env adds to (and may override) the defaults
             values["env"] = tuple(sorted({**dict(server.env), **dict(values["env"])}.items()))
         settings = replace(server, **values)

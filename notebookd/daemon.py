@@ -7,6 +7,7 @@ change anything go through the same lock, so reconcile steps never interleave.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -15,18 +16,20 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, jupyter, kernelspecs, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, fds, jupyter, kernelspecs, reconcile
 from notebookd.access import uses_password, uses_token
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.commands import REQUESTS, ROOT
 from notebookd.control import Peer, Refused, serve
 from notebookd.frontdoor.door import FrontDoor
-from notebookd.fsutil import ensure_dir
+from notebookd.fsutil import ensure_dir, remove
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
+from notebookd.ports import PortBookError
+from notebookd.reconcile import ApplyError
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -58,6 +61,11 @@ class Daemon:
                            (signal.SIGUSR2, "detach")):
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         ensure_dir(self.layout.run_dir, 0o755)
+        lock = _lock_run_dir(self.layout.run_dir)
+        if lock is None:
+            return 1
+        soft, _ = fds.raise_nofile()
+        log.debug("open-file limit %d", soft)
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
         self.passwords = PasswordStore(self.config.state_dir)
@@ -69,8 +77,18 @@ class Daemon:
             return 1
         control = await serve(self.layout.socket, self.handle)
         self.door = FrontDoor(self.layout.run_dir, self.tokens, lambda: self.desired.specs)
-        async with self.lock:
-            await self._reconcile()
+        try:
+            async with self.lock:
+                await self._reconcile()
+        except PortBookError as exc:  # refuse rather than give every user a new port
+            log.error("%s", exc)
+            control.close()
+            self.door.close()
+            await self.backend.detach()  # whatever an earlier daemon left running stays for the next one
+            os.close(lock)
+            return 1
+        except Exception:  # noqa: BLE001 - the servers that could start run; the error is in the log
+            log.exception("the first reconcile failed")
         self.notifier.ready(self._summary())
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
@@ -85,6 +103,8 @@ class Daemon:
                         await self.reload()
                     except Refused:
                         pass  # logged and shown in status; the running config stays
+                    except Exception:  # noqa: BLE001 - only an explicit stop ends the servers
+                        log.exception("reload failed")
                 elif event in ("stop", "detach"):
                     break
         finally:
@@ -100,10 +120,8 @@ class Daemon:
                 else:
                     log.info("stopping: every server, in parallel")
                     await self.backend.close()
-            try:
-                os.unlink(self.layout.socket)
-            except FileNotFoundError:
-                pass
+            remove(self.layout.socket)
+            os.close(lock)
         if event == "detach":
             return EXIT_DETACHED
         log.info("stopped")
@@ -129,6 +147,10 @@ class Daemon:
         except OSError as exc:
             log.error("front door: cannot listen on %s: %s", self.door.path, exc)
         await reconcile.apply(step, self.backend)
+        hold = getattr(self.backend, "hold_sockets", None)  # backends whose daemon holds users' ports
+        if hold is not None:
+            for name, problem in hold(self.desired.specs).items():
+                log.error("%s: %s", name, problem)
 
     async def reload(self) -> None:
         """Re-read the config; a bad file changes nothing (the running config stays)."""
@@ -149,7 +171,17 @@ class Daemon:
             raise Refused(f"reload failed, running config kept: {error}")
         async with self.lock:
             self.config = new
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception as exc:  # noqa: BLE001 - e.g. a logs.dir that cannot be made, a full disk
+                error = f"{new.file}: applying the new config failed: {exc}"
+                self.last_reload = {"ok": False, "at": time.time(), "error": error}
+                if isinstance(exc, (ApplyError, OSError)):  # a known kind, said in one line
+                    log.error("reload: %s", error)
+                else:
+                    log.exception("reload: %s", error)
+                self.notifier.ready(self._summary())
+                raise Refused(error) from None
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
         log.info("reloaded %s", new.file)
         self.notifier.ready(self._summary())
@@ -288,7 +320,7 @@ class Daemon:
                 path = jupyter.server_kind(jupyter.command(spec)).default_url
             except FileNotFoundError:
                 path = None
-        url = f"{spec.url()}{(path or '/').lstrip('/')}"
+        url = f"{spec.url(self._address(name))}{(path or '/').lstrip('/')}"
         if not uses_token(spec):
             return url  # password only: the login page asks for it
         return f"{url}?token={self.tokens.get(name)}"
@@ -303,11 +335,13 @@ class Daemon:
 
     async def _restart_if_wanted(self, name: str) -> bool:
         """Restart a server that should be up (running, starting, backing off) so it takes new
-        credentials; a server an admin stopped stays stopped and takes them at its next start."""
-        spec = self.desired.specs[name]
-        if name in self.held or name not in self.backend.specs():
-            return False
+        credentials; a server an admin stopped stays stopped and takes them at its next start.
+
+        Decided under the lock: an admin's stop or removal queued before this request wins."""
         async with self.lock:
+            spec = self.desired.specs.get(name)
+            if spec is None or name in self.held or name not in self.backend.specs():
+                return False
             await self.backend.restart(spec)
         return True
 
@@ -336,8 +370,13 @@ class Daemon:
         restarted = uses_password(spec) and await self._restart_if_wanted(name)
         return {"user": name, "auth": spec.settings.auth, "restarted": restarted}
 
+    def _address(self, name: str) -> str | None:
+        """Where the server answers if not on its spec's ip: the node of its Slurm job."""
+        return getattr(self.backend, "address", lambda n: None)(name)
+
     def _proxy(self) -> dict:
-        servers = [{"name": n, "ip": s.ip, "port": s.port, "base_url": s.base_url, "tls": s.tls.enabled}
+        servers = [{"name": n, "ip": self._address(n) or s.ip, "port": s.port, "base_url": s.base_url,
+                    "tls": s.tls.enabled}
                    for n, s in sorted(self.desired.specs.items())]
         proxy = self.config.proxy
         return {"config": self.config.file, "servers": servers,
@@ -374,6 +413,24 @@ class Daemon:
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
             "reload": self.last_reload, "warnings": list(self.desired.warnings),
         }
+
+
+def _lock_run_dir(run_dir: str) -> int | None:
+    """Hold `notebookd.lock` in the run dir for as long as this daemon lives; None (logged) if another
+    daemon holds it: a second `notebookd run` must not take over the first one's socket and servers."""
+    path = os.path.join(run_dir, "notebookd.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        log.error("another notebookd (pid %s) is running with run dir %s; not starting a second one",
+                  holder, run_dir)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def run(layout: Layout, config: configmod.Config) -> int:

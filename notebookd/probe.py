@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from notebookd.fds import exhausted
+
+
+class Unprobed(str):
+    """No probe was made: the daemon itself is out of descriptors (or memory). Says nothing about
+    the server, so it is never counted as a failed check."""
+
 
 async def http_status(host: str, port: int, path: str, timeout: float, tls: bool = False) -> int | str:
     """The HTTP status code of GET `path`, or a short reason why there was none.
@@ -23,6 +30,8 @@ async def http_status(host: str, port: int, path: str, timeout: float, tls: bool
     except TimeoutError:
         return f"no answer within {timeout:g}s"
     except OSError as exc:  # ssl.SSLError included
+        if exhausted(exc):
+            return Unprobed(f"not probed: notebookd is out of resources ({exc.strerror})")
         return exc.strerror or str(exc)
     finally:
         if writer is not None:
@@ -40,3 +49,13 @@ def _insecure_context():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+# What a failed probe means, in the same words for every backend.
+
+def not_ready(start_timeout: float, status: int | str) -> str:
+    return f"not ready after {start_timeout:g}s (last probe: {status})"
+
+
+def unhealthy(failures: int, allowed: int, status: int | str) -> str:
+    return f"health check failed ({failures}/{allowed}): {status}"

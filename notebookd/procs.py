@@ -9,12 +9,39 @@ process of that uid with the marker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 
 import psutil
 
+log = logging.getLogger("notebookd")
+
 MARKER_VAR = "NOTEBOOKD_SERVER"
+
+# The grace periods of a stop, named once. A server gets its own stop_timeout (server.stop_timeout);
+# what is left after that gets SIGTERM again and this long, then SIGKILL:
+TERM_AGAIN_WAIT = 2.0
+# kernels a crashed server left behind: they have no server to shut them down, so only this long
+STRAY_GRACE = 2.0
+# SIGKILL cannot be refused: waiting longer only covers a process stuck in the kernel (D state)
+KILL_WAIT = 5.0
+
+
+def describe_exit(returncode: int | None, core: bool = False) -> str:
+    """An exit in words, the same for every backend: "exit status 1", "killed by SIGKILL".
+
+    `returncode` in Popen's convention (negative: the signal); None when it is not ours to know (a process
+    adopted from an earlier daemon, or a manager that does not say)."""
+    if returncode is None:
+        return "exited (status unknown)"
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name}" + (" (core dumped)" if core else "")
 
 
 def server_processes(pid: int | None, uid: int, marker: str) -> list[psutil.Process]:
@@ -109,15 +136,35 @@ async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> lis
     if survivors:
         _signal_all(survivors, signal.SIGTERM)
         _signal_all(survivors, signal.SIGCONT)
-        survivors = await wait_gone(survivors, min(2.0, grace))
+        survivors = await wait_gone(survivors, min(TERM_AGAIN_WAIT, grace))
     for _ in range(3):  # a stray may fork while we look; a few passes catch its children too
         survivors += [p for p in server_processes(None, uid, marker) if p not in survivors]
         if not survivors:
             break
         killed += [p.pid for p in survivors]
         _signal_all(survivors, signal.SIGKILL)
-        survivors = await wait_gone(survivors, 5.0)
+        survivors = await wait_gone(survivors, KILL_WAIT)
     return killed
+
+
+async def end_strays(uid: int, marker: str, keep: int | None = None) -> list[int]:
+    """The stray-kernel sweep: end every process with the server's marker that is not `keep` (the
+    current server) or one of its descendants: kernels its last run left behind. Returns their pids."""
+    current: set[int] = set()
+    if keep:
+        try:
+            current = {keep} | {c.pid for c in psutil.Process(keep).children(recursive=True)}
+        except psutil.Error:
+            pass
+    strays = [p for p in server_processes(None, uid, marker) if p.pid not in current]
+    if not strays:
+        return []
+    _signal_all(strays, signal.SIGTERM)
+    _signal_all(strays, signal.SIGCONT)
+    survivors = await wait_gone(strays, STRAY_GRACE)
+    _signal_all(survivors, signal.SIGKILL)
+    await wait_gone(survivors, KILL_WAIT)
+    return [p.pid for p in strays]
 
 
 class ServerProcess:
@@ -130,10 +177,6 @@ class ServerProcess:
         self.done = False
         self.returncode: int | None = None
 
-    @property
-    def adopted(self) -> bool:
-        return self.popen is None
-
     def watch(self, on_exit) -> asyncio.Future:
         """A future resolved with the exit status (None if unknown) when the process ends.
 
@@ -142,23 +185,54 @@ class ServerProcess:
         fut = loop.create_future()
 
         def finish() -> None:
-            if self.popen is not None:
-                self.returncode = self.popen.wait()  # it has exited: this reaps without blocking
-            self.done = True
-            on_exit()
-            if not fut.done():
-                fut.set_result(self.returncode)
+            try:
+                if self.popen is not None:
+                    self.returncode = self.popen.wait()  # it has exited: this reaps without blocking
+                self.done = True
+                on_exit()
+            except Exception:  # noqa: BLE001 - whatever on_exit does, the exit is known and must be told
+                log.exception("pid %d: after its exit", self.pid)
+            finally:
+                self.done = True
+                if not fut.done():
+                    fut.set_result(self.returncode)
 
-        try:
-            fd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            loop.call_soon(finish)
-            return fut
+        def poll_exit() -> None:
+            """Without a pidfd (the daemon ran out of descriptors): look once a second, and go back to a
+            pidfd as soon as one can be had."""
+            if self._exited():
+                finish()
+            elif not attach(quiet=True):
+                loop.call_later(1.0, poll_exit)
 
-        def readable() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            finish()
+        def attach(quiet: bool = False) -> bool:
+            try:
+                fd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                loop.call_soon(finish)
+                return True
+            except OSError as exc:
+                if not quiet:
+                    log.warning("pid %d: cannot watch it with a pidfd (%s); polling it instead", self.pid,
+                                exc.strerror or exc)
+                return False
 
-        loop.add_reader(fd, readable)
+            def readable() -> None:
+                loop.remove_reader(fd)
+                os.close(fd)
+                finish()
+
+            loop.add_reader(fd, readable)
+            return True
+
+        if not attach():
+            loop.call_later(1.0, poll_exit)
         return fut
+
+    def _exited(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is not None
+        try:
+            return psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True

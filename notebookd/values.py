@@ -29,10 +29,19 @@ def mapping(item: Located) -> dict[str, Located]:
     return item.value
 
 
-def string(item: Located) -> str:
+# Values end up in argv, environments, nginx and systemd unit files, one per line: a newline in a value
+# would add a line (a directive) of its own there.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def string(item: Located, whitespace_ok: bool = False) -> str:
     if isinstance(item.value, bool) or not isinstance(item.value, (str, int, float)):
         raise item.error(f"expected a string, got {kind(item.value)}")
-    return str(item.value)
+    text = str(item.value)
+    if m := _CONTROL.search(" ".join(text.split()) if whitespace_ok else text):
+        raise item.error(f"control character U+{ord(m.group()):04X} in the value (newlines, tabs and the like "
+                         "are not allowed)")
+    return text
 
 
 def scalar(item: Located) -> None:
@@ -264,7 +273,7 @@ def nginx_listen(item: Located) -> str:
 
 
 def nginx_server_names(item: Located) -> str:
-    text = " ".join(string(item).split())
+    text = " ".join(string(item, whitespace_ok=True).split())
     if not text or re.search(r"[;{}'\"\\$#]", text):
         raise item.error(f"{item.value!r} is not a list of nginx server names (e.g. lab.example.org or _)")
     return text

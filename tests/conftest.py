@@ -69,12 +69,23 @@ def kill_uid(uid: int) -> None:
             pass
 
 
+def _exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def make_user(name: str) -> pwd.struct_passwd:
     """A real Unix user with a home, created for the test run (removed at the end of the session)."""
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        # other test sessions on this machine add users too: useradd fails while one holds the lock
+        wait_for(lambda: subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name],
+                                        capture_output=True).returncode == 0 or _exists(name), 120, interval=0.5,
+                 what=f"useradd {name}")
         pw = pwd.getpwnam(name)
     # the uid may be one an aborted earlier run used (users are deleted, their uids given out again)
     kill_uid(pw.pw_uid)
@@ -154,9 +165,12 @@ class StatusClient:
     def rows(self) -> dict[str, dict]:
         return {r["name"]: r for r in self.status()["servers"]}
 
-    def wait_state(self, name: str, state: str, timeout: float | None = None) -> dict:
-        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r,
-                        timeout or self.wait_timeout, what=f"{name} {state}")
+    def wait_state(self, name: str, state: str | tuple[str, ...], timeout: float | None = None) -> dict:
+        """`state` may be several: a failing start moves on from backoff to crashloop while a slow machine
+        is busy with the other servers, so "not started, retried" is ("backoff", "crashloop")."""
+        states = (state,) if isinstance(state, str) else state
+        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] in states and r,
+                        timeout or self.wait_timeout, what=f"{name} {'/'.join(states)}")
 
     def wait_replaced(self, name: str, old_pid: int, timeout: float | None = None) -> dict:
         """Wait until `name` runs again in a process other than `old_pid`."""

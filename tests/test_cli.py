@@ -65,3 +65,11 @@ def test_check_config_names_what_the_backend_needs(tmp_path):
     lines = out.stderr.splitlines()
     assert any("none.sock does not exist (is supervisord running?)" in line for line in lines), out.stderr
     assert any("nodir is not a directory" in line for line in lines), out.stderr
+
+
+def test_status_shows_a_servers_escape_sequences_as_text():
+    from notebookd.cli import _one_line
+
+    shown = _one_line("boom \x1b]0;owned\x07 \x1b[2J\x9b31m \u202eevil\x00")
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c == "\u202e" for c in shown)
+    assert "\\x1b]0;owned\\x07" in shown and "\\u202e" in shown

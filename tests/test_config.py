@@ -426,7 +426,7 @@ def test_recursive_alias(text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd)"),
+    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd, slurm)"),
     ("listen: {ip: localhost}\n", "1: listen.ip: 'localhost' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)"),
     ("listen: {ports: 9000-8000}\n", "1: listen.ports: range 9000-8000 is empty"),
     ("listen: {ports: 8800-70000}\n", "1: listen.ports: 70000 is not a valid port (1-65535)"),
@@ -442,7 +442,7 @@ def test_recursive_alias(text, expected):
     ("users:\n  alice: 8888\n", "2: users.alice: expected a mapping, got int"),
     ("a: &x {b: 1}\nc: {<<: *x}\n", "2: c: keys must be plain names"),
     ("server: {port: 1}\n", "1: server.port: unknown key (known: args, auth, base_url, command, env, "
-                            "frame_ancestors, jupyter_config, path, root_dir, spawn, start_timeout, stop_timeout)"),
+                            "frame_ancestors, idle, jupyter_config, path, root_dir, spawn, start, start_timeout, stop_timeout)"),
     ("server: {spawn: vfork}\n", "1: server.spawn: 'vfork' is not a spawn mode (exec or fork)"),
     ("server: {spawn: fork, command: [jupyter-server]}\n",
      "1: server.spawn: spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec"),
@@ -790,6 +790,31 @@ def test_embed_sets_frame_ancestors_for_everyone_and_a_user_may_override():
         "alice": ("'self'", "https://lms.example.org"), "bob": ("'none'",)}
     assert error("embed: {frame_ancestors: [x]}\nserver:\n  frame_ancestors: [y]\n") == \
         f"{FILE}:3: server.frame_ancestors: already given under embed: (line 1); give it once"
+
+
+# ---- hostile config text (issue 10): aliases that expand without end, control characters ----
+
+def test_an_alias_bomb_is_refused_quickly_with_one_line():
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 values
+    text = "listen: {ip: 127.0.0.1}\n" + "\n".join(levels) + "\n"
+    import time
+
+    t0 = time.monotonic()
+    message = error(text)
+    assert time.monotonic() - t0 < 30  # unbounded, 10**9 values would take hours; 30 s leaves room for a loaded CI machine
+    assert "more than 100000 values" in message
+
+
+@pytest.mark.parametrize("key, value", [
+    ("base_url", '"/u/{user}/\\nExecStartPre=/bin/sh -c id"'),
+    ("args", '["--ServerApp.x=1\\nEnvironment=LD_PRELOAD=/tmp/x.so"]'),
+    ("env", '{PROJECT: "a\\nb"}'),
+    ("root_dir", '"/srv/\\r{user}"'),
+])
+def test_a_control_character_in_a_value_is_refused_with_its_line(key, value):
+    message = error(f"users:\n  bob:\n    {key}: {value}\n")
+    assert ":3: " in message and "control character" in message
 
 
 # ---- what a reload may change: derived from the declarations (restart=True) ----

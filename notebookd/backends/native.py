@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import pwd
-import signal
 import subprocess
 import time
 
-from notebookd import jupyter, procs
+from notebookd import jupyter, kernelspecs, launcher, probe, procs
 from notebookd.access import Access, NotReady
+from notebookd.activity import http_json
+from notebookd.fds import Throttle
 from notebookd.forkserver import ForkError, ForkServer
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
-from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
+from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
+from notebookd.listeners import PortTaken, SocketBook
 from notebookd.ports import describe_holder, port_holder
-from notebookd.probe import http_status
+from notebookd.probe import Unprobed, http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.tokens import TokenStore
 
@@ -35,17 +38,6 @@ S = ServerState
 
 class SpawnError(Exception):
     """The server could not even be started (a problem the admin must fix, or wait out)."""
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exited (status unknown: adopted from an earlier notebookd)"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class NativeServer:
@@ -63,7 +55,10 @@ class NativeServer:
         self.last_error: str | None = None
         self.last_exit: str | None = None
         self.health_failures = 0
+        self.idled = False  # stopped for idleness (not by a stop): goes back to IDLE
+        self.last_active: float | None = None
         self._urgent = False  # asked for (start/restart, crash or health restart): goes before bulk starts
+        self._on_demand = spec.settings.start == "on-demand"  # next start waits in IDLE for a connection
         self._want = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -93,7 +88,11 @@ class NativeServer:
     # -- commands from the backend --
     def start(self, urgent: bool = False) -> None:
         self._urgent = urgent
+        # an admin's `notebookd start` starts even an on-demand server now
+        self._on_demand = self.spec.settings.start == "on-demand" and not urgent
         self._want = True
+        if urgent and self.state is S.IDLE:
+            self._wake.set()  # out of the wait for a connection, into a start
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.spec.name}")
 
@@ -107,15 +106,27 @@ class NativeServer:
     async def _supervise(self) -> None:
         try:
             while self._want:
-                failure = await self._run_once()
+                if self._on_demand and self.spec.name not in self.host.leftovers \
+                        and self.host.hands_socket(self.spec) and not await self._wait_for_connection():
+                    break
+                self.idled = False
+                try:
+                    failure = await self._run_once()
+                except Exception as exc:  # noqa: BLE001 - a bug here ends no server for good, and no one else's
+                    failure = await self._recover(exc)
                 if not self._want:
                     break
+                if failure is None:  # stopped for idleness: the next connection starts it again
+                    self._on_demand = True
+                    continue
                 self.failures += 1
                 self._urgent = True  # the restart after a crash or failed health checks
                 self.last_error = failure
                 crashloop = self.failures >= self.spec.restart.crashloop_after
                 delay = self._backoff()
-                self._transition(S.CRASHLOOP if crashloop else S.BACKOFF, f"{failure}; retry in {delay:.0f}s")
+                target = S.CRASHLOOP if crashloop else S.BACKOFF
+                if target in TRANSITIONS[self.state]:  # after a supervision error it may already wait
+                    self._transition(target, f"{failure}; retry in {delay:.0f}s")
                 await self._sleep(delay)
                 if self._want:
                     self.restarts += 1
@@ -133,11 +144,20 @@ class NativeServer:
                 if self.state is not S.STOPPED:
                     self._transition(S.STOPPED)
 
+    async def _recover(self, exc: Exception) -> str:
+        """An unexpected error in one life of the server: log it, make sure no untracked process is
+        left behind, and let the loop start the server again after the usual backoff."""
+        log.exception("%s: supervision error; the server is restarted", self.spec.name)
+        why = f"notebookd error while supervising: {exc}"
+        try:
+            if self.state in (S.STARTING, S.RUNNING) or self.pid is not None:
+                await self._terminate(why)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: cannot stop it after a supervision error", self.spec.name)
+        return why
+
     def _backoff(self) -> float:
-        r = self.spec.restart
-        if self.failures >= r.crashloop_after:
-            return r.backoff_max
-        return min(r.backoff_max, r.backoff_min * 2 ** (self.failures - 1))
+        return self.spec.restart.delay(self.failures)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return early (True) when woken by a stop/restart."""
@@ -159,10 +179,19 @@ class NativeServer:
             async with self.host.start_slots.slot(self._urgent):
                 if adopting:
                     self._adopt(record)
+                    self._hold_socket(from_pid=record.pid, strict=False)
                 else:
                     if record is not None:  # started with another spec while no daemon watched
                         await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
                                               self.spec.settings.stop_timeout)
+                    elif self.spec.name not in self.host.sockets.names() and port_holder(self.spec.ip,
+                                                                                         self.spec.port):
+                        # no record (lost, damaged) but maybe our own earlier server: it carries the marker
+                        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker,
+                                                       self.spec.settings.stop_timeout)
+                        if killed:
+                            log.warning("%s: stopped an earlier server without a record (pids %s)",
+                                        self.spec.name, ", ".join(map(str, killed)))
                     await self._spawn()
                 outcome = await self._wait_ready()
         except SpawnError as exc:
@@ -185,7 +214,8 @@ class NativeServer:
         ran = time.time() - self.started
         self.started = None
         if outcome is None:
-            await self._terminate("stop requested")
+            await self._terminate(f"idle for {self.spec.settings.idle.stop_after:g}s" if self.idled
+                                  else "stop requested")
             return None
         if ran >= self.spec.restart.reset_after:
             self.failures = 0
@@ -193,6 +223,54 @@ class NativeServer:
             await self._terminate(outcome)
         await self._reap_strays()
         return outcome
+
+    async def _wait_for_connection(self) -> bool:
+        """IDLE: the socket held, no process, until a client connects (True) or a stop comes (False).
+        The daemon only sees that the socket is readable; the server it starts accepts the connection."""
+        try:
+            sock = self._hold_socket()
+        except SpawnError as exc:  # the port is taken: the start fails (and retries) as usual
+            self.last_error = str(exc)
+            return True
+        self._transition(S.IDLE, "waits for a connection")
+        self._wake.clear()
+        loop = asyncio.get_running_loop()
+        pending = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: pending.done() or pending.set_result(None))
+        try:
+            async with self._woken() as waker:
+                await asyncio.wait([pending, waker], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(sock.fileno())
+        if not pending.done() and not (self._want and not self._on_demand):
+            return False  # a stop (or a restart, which comes back here)
+        self._urgent = True  # someone is waiting for it
+        self._on_demand = False
+        return True
+
+    async def _idle_for(self) -> float | None:
+        """How long the server has had no activity by jupyter's account, or None if it is active (or
+        cannot tell). Activity: `last_activity` of /api/status, open connections, busy kernels
+        (`/api/kernels?no_track_activity=1`: a silent long cell moves no last_activity)."""
+        spec = self.spec
+        if spec.settings.auth == "password":
+            return None  # no token to ask with: never stopped for idleness (README)
+        try:
+            token = self.host.tokens.get(spec.name)
+        except OSError:
+            return None
+        status = await http_json(spec.ip, spec.port, spec.base_url + "api/status", token, spec.tls.enabled)
+        kernels = await http_json(spec.ip, spec.port, spec.base_url + "api/kernels?no_track_activity=1", token,
+                                  spec.tls.enabled)
+        if not isinstance(status, dict) or not isinstance(kernels, list):
+            return None
+        if status.get("connections") or any(k.get("execution_state") == "busy" for k in kernels):
+            return None
+        try:
+            last = datetime.datetime.fromisoformat(str(status["last_activity"]).replace("Z", "+00:00")).timestamp()
+        except (KeyError, ValueError):
+            return None
+        return time.time() - max(last, self.started or 0)
 
     async def _wait_ready(self) -> str:
         """'ready', 'stop', or why the server never became ready."""
@@ -208,8 +286,11 @@ class NativeServer:
                 status = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=5, tls=spec.tls.enabled)
                 if status == 200:
                     return "ready"
+                if isinstance(status, Unprobed):  # the daemon's shortage is not the server's time
+                    deadline += pause
+                    self.host.throttle.warn("probe", "%s: %s", spec.name, status)
                 if time.monotonic() > deadline:
-                    return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
+                    return probe.not_ready(spec.settings.start_timeout, status)
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
                 # short: the server holds a start slot until it is seen ready (a probe is cheap)
                 pause = min(pause * 1.5, 0.25)
@@ -229,9 +310,19 @@ class NativeServer:
                                            tls=self.spec.tls.enabled)
                 if status == 200:
                     self.health_failures = 0
+                    stop_after = self.spec.settings.idle.stop_after
+                    if stop_after is not None:
+                        idle = await self._idle_for()
+                        self.last_active = None if idle is None else time.time() - idle
+                        if idle is not None and idle >= stop_after:
+                            self.idled = True
+                            return None
+                    continue
+                if isinstance(status, Unprobed):
+                    self.host.throttle.warn("probe", "%s: %s", self.spec.name, status)
                     continue
                 self.health_failures += 1
-                self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
+                self.last_error = probe.unhealthy(self.health_failures, health.failures, status)
                 log.warning("%s: %s", self.spec.name, self.last_error)
                 self.host.changed()
                 if self.health_failures >= health.failures:
@@ -247,7 +338,7 @@ class NativeServer:
             waker.cancel()
 
     def _exit_reason(self, when: str) -> str:
-        self.last_exit = describe_exit(self._exit.result())
+        self.last_exit = procs.describe_exit(self._exit.result())
         return f"{self.last_exit} {when}".strip()
 
     # -- processes --
@@ -261,12 +352,18 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
         if not os.path.isdir(spec.root_dir):
             raise SpawnError(f"root_dir {spec.root_dir} does not exist")
-        if port_holder(spec.ip, spec.port):
-            raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
         try:
             words = jupyter.command(spec)
         except FileNotFoundError as exc:
             raise SpawnError(str(exc)) from None
+        python = None if spec.settings.spawn == "fork" else launcher.python_of(words, jupyter.interpreter(words[0]))
+        if spec.settings.spawn == "fork" or python:
+            listener = self._hold_socket()
+        else:  # not a Python we can hand a socket to (a shell wrapper...): it binds its port itself
+            listener = None
+            self.host.sockets.release(spec.name)
+            if port_holder(spec.ip, spec.port):
+                raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
 
         files = self.host.server_files(spec)
         try:  # token, password hash, TLS key: each readable by this user only (access.py)
@@ -276,6 +373,7 @@ class NativeServer:
         jupyter.write_config(files["config"], spec, jupyter.server_kind(words), access, self.host.root_uid, acc.gid)
         ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
         argv = jupyter.argv(spec, files["config"], words)
+        drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
         env = jupyter.environment(spec, files, self.marker, access)
         identity = {}
         if self.host.system:
@@ -285,11 +383,15 @@ class NativeServer:
             if spec.settings.spawn == "fork":  # the same argv, env, identity: see forkserver.py
                 self.proc = await self.host.fork_server().spawn(
                     argv[len(words):], env, spec.root_dir,
-                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep)
+                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep,
+                    listener.fileno(), drain)
             else:
+                if listener is not None:
+                    argv = launcher.wrap(argv, listener.fileno(), drain, python)
                 popen = subprocess.Popen(
                     argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
+                    pass_fds=(keep, listener.fileno()) if listener is not None else (keep,), start_new_session=True,
+                    umask=0o077, close_fds=True, **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
@@ -300,7 +402,21 @@ class NativeServer:
             os.close(out)
             os.close(keep)
         self._exit = self.proc.watch(self.pipe.drain)
-        self.host.records.write(spec, self.proc.pid)
+        try:
+            self.host.records.write(spec, self.proc.pid)
+        except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC; psutil's errors are not OSErrors
+            # the server runs and is watched; only a later daemon could not adopt it
+            log.error("%s: cannot write its record (a restarted notebookd will not adopt it): %s", spec.name, exc)
+
+    def _hold_socket(self, from_pid: int | None = None, strict: bool = True):
+        """The listening socket notebookd holds for this user (listeners.py); bound on first use."""
+        try:
+            return self.host.sockets.hold(self.spec.name, self.spec.ip, self.spec.port, from_pid)
+        except PortTaken as exc:
+            if strict:
+                raise SpawnError(str(exc)) from None
+            log.warning("%s: %s; the adopted server keeps its own socket", self.spec.name, exc)
+            return None
 
     def _adopt(self, record: Record) -> None:
         self.proc = procs.ServerProcess(record.pid)
@@ -315,12 +431,12 @@ class NativeServer:
         if self._exit is not None and not self._exit.done():
             await self._exit
         if self._exit is not None:
-            self.last_exit = describe_exit(self._exit.result())
+            self.last_exit = procs.describe_exit(self._exit.result())
         self.host.records.remove(self.spec.name)
 
     async def _reap_strays(self) -> None:
         """After an unplanned exit, end its orphaned kernels before the next start."""
-        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker, 2.0)
+        killed = await procs.end_strays(self.spec.account.uid, self.marker)
         if killed:
             log.warning("%s: killed stray processes %s", self.spec.name, ", ".join(map(str, killed)))
 
@@ -346,9 +462,11 @@ class NativeBackend:
         self.detaching = False  # the daemon exits for an upgrade and leaves every server running
         self.access = Access(state_dir, tokens)
         self.servers: dict[str, NativeServer] = {}
+        self.sockets = SocketBook()  # every configured user's listening socket, whatever their server does
         self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
         self._fork_server: ForkServer | None = None
         self.changed = on_change
+        self.throttle = Throttle()  # messages about the daemon's own shortages, not one server's
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
 
     async def open(self) -> None:
@@ -385,13 +503,23 @@ class NativeBackend:
             "config": os.path.join(base, "jupyter_server_config.json"),
             "token": os.path.join(base, "token"),
             "runtime": os.path.join(base, "runtime"),
-            "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
+            "share": kernelspecs.share_dir(self.run_dir),  # shared kernels (kernelspecs.py)
         }
 
+    def _sink(self, spec: ServerSpec) -> RotatingFile:
+        """The server's log file, opened (so that a bad logs.dir fails here, naming the place)."""
+        try:
+            ensure_dir(spec.logs.dir, 0o755)
+            sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
+                                uid=self.root_uid, gid=self.root_uid,
+                                reader=spec.account.uid if self.system else None)
+            sink._open()
+        except OSError as exc:
+            raise OSError(f"cannot write its log in {spec.logs.dir}: {exc.strerror or exc}") from None
+        return sink
+
     def log_pipe(self, spec: ServerSpec) -> LogPipe:
-        ensure_dir(spec.logs.dir, 0o755)
-        sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
-                            uid=self.root_uid, gid=spec.account.gid)
+        sink = self._sink(spec)
         pipe = LogPipe(os.path.join(self.run_dir, "logs", f"{spec.name}.pipe"), sink)
         pipe.open()
         asyncio.get_running_loop().add_reader(pipe.fd, pipe.drain)
@@ -436,10 +564,12 @@ class NativeBackend:
         server = self.servers.get(spec.name)
         if server is None:
             return await self.start(spec, urgent)
+        sink = self._sink(spec) if server.spec.logs != spec.logs else None  # fails before anything stops
         await server.stop()
-        if server.spec.logs != spec.logs:
-            self._close_pipe(server)
-            server.pipe = self.log_pipe(spec)
+        if sink is not None:
+            server.pipe.drain()
+            server.pipe.sink.close()
+            server.pipe.sink = sink  # the same FIFO, now written to the new place
         server.spec = spec
         server.start(urgent)
 
@@ -461,6 +591,34 @@ class NativeBackend:
         if server is not None:
             await server.stop()
             self._close_pipe(server)
+        self.sockets.release(name)  # the port is free the moment the user is no longer configured
+
+    def hands_socket(self, spec: ServerSpec) -> bool:
+        """Whether this user's server can be handed a socket: fork, or a Python command (launcher.py)."""
+        if spec.settings.spawn == "fork":
+            return True
+        try:
+            words = jupyter.command(spec)
+        except FileNotFoundError:
+            return False
+        return launcher.python_of(words, jupyter.interpreter(words[0])) is not None
+
+    def hold_sockets(self, specs: dict[str, ServerSpec]) -> dict[str, str]:
+        """Hold the socket of every configured user, servers up or not (held stopped by an admin
+        too); returns why a user's could not be held. Running servers' sockets are held already."""
+        problems = {}
+        for name, spec in specs.items():
+            server = self.servers.get(name)
+            if server is not None and server.wanted:
+                continue  # its own start holds it (or takes it back from an adopted process)
+            leftover = self.leftovers.get(name)
+            if not self.hands_socket(spec):
+                continue
+            try:
+                self.sockets.hold(name, spec.ip, spec.port, leftover.pid if leftover else None)
+            except PortTaken as exc:
+                problems[name] = str(exc)
+        return problems
 
     def status(self) -> dict[str, ServerStatus]:
         rows = {n: s.status() for n, s in self.servers.items()}
@@ -499,6 +657,7 @@ class NativeBackend:
         for server in self.servers.values():
             self._close_pipe(server)
         self._close_fork_server()
+        self.sockets.close()
 
     async def detach(self) -> None:
         """Let go of every server without stopping it: for a daemon restart (upgrade).
@@ -512,3 +671,4 @@ class NativeBackend:
         for server in self.servers.values():
             self._close_pipe(server)
         self._close_fork_server()
+        self.sockets.close()  # running servers keep their copies; the next daemon takes them back

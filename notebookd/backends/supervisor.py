@@ -17,13 +17,13 @@ import re
 import shlex
 import time
 
-from notebookd import launch
+from notebookd import launch, procs
 from notebookd.access import Access
 from notebookd.backends import xmlrpc
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
 from notebookd.config import Supervisor
-from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.fsutil import ensure_dir, grant_only, write_atomic
 from notebookd.model import ServerSpec
 from notebookd.tokens import TokenStore
 
@@ -147,11 +147,16 @@ class SupervisorManager:
 
     async def install(self, spec: ServerSpec, access: Access) -> bool:
         run = launch.prepare(spec, self.run_dir, access)
-        # supervisord creates and rotates the log files itself, mode 0644: a 0750 directory per user
-        # (root, the user's group) keeps them from other users
+        # supervisord creates and rotates the log files itself, mode 0644: a 0750 directory per user,
+        # root's, that only the user may enter besides root (an ACL: not the user's whole group)
         logdir = os.path.join(spec.logs.dir, spec.name)
         ensure_dir(spec.logs.dir, 0o755)
-        ensure_dir(logdir, 0o750, 0, spec.account.gid)
+        ensure_dir(logdir, 0o750, 0, 0)
+        fd = os.open(logdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            grant_only(fd, spec.account.uid, 0o5)
+        finally:
+            os.close(fd)
         logfile = os.path.join(logdir, f"{spec.name}.log")
         text = section(spec, run, logfile)
         async with self._lock:
@@ -186,7 +191,7 @@ class SupervisorManager:
             exit_ = None
             # a quick exit (before startsecs) has no exit status in supervisord, only its spawnerr
             if info["stop"] and state != "up" and not info["spawnerr"]:
-                exit_ = f"exit status {info['exitstatus']}" if info["exitstatus"] >= 0 else "killed by a signal"
+                exit_ = procs.describe_exit(info["exitstatus"] if info["exitstatus"] >= 0 else None)
             seen[name] = Observed(
                 state=state, pid=info["pid"] or None if state == "up" else None,
                 since=info["start"] or now, last_exit=exit_, error=info["spawnerr"] or None,
