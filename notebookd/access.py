@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass
 
 from notebookd import tls as tlsmod
-from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.fsutil import ensure_dir, remove, write_atomic
 from notebookd.model import ServerSpec
 from notebookd.passwords import PasswordStore
 from notebookd.tokens import TokenStore
@@ -59,7 +59,7 @@ class Access:
 
     def end_sessions(self, name: str) -> None:
         """A new cookie secret at the next start: every login cookie of this user's server stops working."""
-        _remove(os.path.join(self.sessions_dir, name))
+        remove(os.path.join(self.sessions_dir, name))
 
     def _cookie_secret(self, name: str) -> bytes:
         path = os.path.join(self.sessions_dir, name)
@@ -91,7 +91,7 @@ class Access:
             wanted["token"] = paths["token"]
         for name, path in paths.items():
             if wanted[name] is None:
-                _remove(path)
+                remove(path)
         certfile = keyfile = None
         if spec.tls.enabled:
             try:
@@ -101,14 +101,8 @@ class Access:
                 raise NotReady(str(exc)) from None
         else:
             for name in ("tls.crt", "tls.key"):
-                _remove(os.path.join(directory, name))
+                remove(os.path.join(directory, name))
         cookie = os.path.join(directory, "cookie_secret")
         write_atomic(cookie, self._cookie_secret(acc.name), 0o400, acc.uid, acc.gid)
         return ServerAccess(wanted["token"], wanted["password"], certfile, keyfile, cookie)
 
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

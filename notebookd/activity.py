@@ -1,9 +1,14 @@
-"""What the users of each running server are doing, from jupyter's own `GET {base_url}api/status`.
+"""What the users of each running server are doing, by jupyter's own account: one question, `ask`.
 
-That answer (jupyter_server 1.23 and 2.x alike) has the kernel and connection counts and the
-server's last activity. Its handler does not count as activity, and `?no_track_activity=1` says so
-again for servers that might, so probing never keeps an idle server looking busy. It needs the
-user's token: servers with `auth: password` only are not probed (their figures stay unknown).
+`ask` reads `GET {base_url}api/status` (jupyter_server 1.23 and 2.x alike: kernel and connection
+counts, last activity) and `GET {base_url}api/kernels` (which kernels are busy: a silent long cell
+moves no last_activity). Both carry `?no_track_activity=1` (the kernels list would otherwise count as
+activity; /api/status never does), so asking never keeps an idle server looking busy. It needs the
+user's token: servers with `auth: password` only are not asked (their figures stay unknown, and they
+are never stopped for idleness).
+
+Two callers, each at its own pace: the native backend's idle stop asks with every health check of a
+server with `idle.stop_after` (README, "Idle servers"); metrics and `status` go through ActivityBook.
 
 Probes run only for running servers, all at once with a bound, and no more often than `min_age`
 (`metrics.activity_interval`, 60 s by default, as JupyterHub's activity interval is minutes) however
@@ -36,6 +41,7 @@ class Activity:
     kernels: int | None = None  # None: not known (never probed, password-only auth)
     connections: int | None = None
     last_activity: float | None = None  # wall clock; kept after the server stops (active users)
+    busy: int | None = None  # kernels executing; None: /api/kernels gave no answer
 
 
 class ActivityBook:
@@ -69,18 +75,18 @@ class ActivityBook:
 
         async def one(spec: ServerSpec) -> tuple[str, Activity | str]:
             async with gate:
-                return spec.name, await probe(spec, self.tokens.get(spec.name))
+                return spec.name, await ask(spec, self.tokens.get(spec.name))
 
         results = await asyncio.gather(*(one(s) for s in running.values() if uses_token(s)))
         seen = {n: a for n, a in self.seen.items() if n in everyone}
         for name in everyone - running.keys():
-            seen[name] = Activity(0, 0, self.get(name).last_activity)
+            seen[name] = Activity(0, 0, self.get(name).last_activity, 0)
         for name, found in results:
             if isinstance(found, str):
                 log.debug("%s: activity probe: %s", name, found)  # the health check reports a sick server
                 continue
             last = max(filter(None, (found.last_activity, self.get(name).last_activity)), default=None)
-            seen[name] = Activity(found.kernels, found.connections, last)
+            seen[name] = Activity(found.kernels, found.connections, last, found.busy)
         self.seen = seen
         self.refreshed = time.monotonic()
 
@@ -98,16 +104,27 @@ class ActivityBook:
         return asyncio.create_task(loop(), name="activity")
 
 
-async def probe(spec: ServerSpec, token: str) -> Activity | str:
-    """The server's /api/status as an Activity, or why there is none."""
+async def ask(spec: ServerSpec, token: str, timeout: float = TIMEOUT) -> Activity | str:
+    """The server's activity (both questions at once), or why there is none (/api/status failed)."""
+    status, kernels = await asyncio.gather(_get(spec, token, "api/status", timeout),
+                                           _get(spec, token, "api/kernels", timeout))
+    found = parse(status) if isinstance(status, bytes) else status
+    if isinstance(found, str):
+        return found
+    busy = parse_kernels(kernels) if isinstance(kernels, bytes) else None
+    return Activity(found.kernels, found.connections, found.last_activity, busy)
+
+
+async def _get(spec: ServerSpec, token: str, what: str, timeout: float) -> bytes | str:
+    """The raw HTTP/1.0 answer to GET {base_url}`what`?no_track_activity=1, or why there is none."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(spec.ip, spec.ip)
     hostname = f"[{host}]" if ":" in host else host
     writer = None
     try:
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
                 host, spec.port, ssl=_insecure_context() if spec.tls.enabled else None, limit=MAX_ANSWER)
-            writer.write(f"GET {spec.base_url}api/status?no_track_activity=1 HTTP/1.0\r\n"
+            writer.write(f"GET {spec.base_url}{what}?no_track_activity=1 HTTP/1.0\r\n"
                          f"Host: {hostname}:{spec.port}\r\nAuthorization: token {token}\r\n"
                          "Accept: application/json\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
@@ -115,23 +132,31 @@ async def probe(spec: ServerSpec, token: str) -> Activity | str:
             while len(answer) <= MAX_ANSWER and (more := await reader.read(MAX_ANSWER + 1 - len(answer))):
                 answer += more
     except TimeoutError:
-        return f"no answer within {TIMEOUT:g}s"
+        return f"no answer within {timeout:g}s"
     except OSError as exc:
         return exc.strerror or str(exc)
     finally:
         if writer is not None:
             writer.close()
-    return parse(answer)
+    return answer
 
 
-def parse(answer: bytes) -> Activity | str:
-    """An HTTP/1.0 answer of /api/status → Activity, or what was wrong with it."""
+def _body(answer: bytes) -> bytes | str:
+    """The body of a 200 answer, or what was wrong with it."""
     if len(answer) > MAX_ANSWER:
         return "answer too long"
     head, _, body = answer.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
     if len(status) < 2 or status[1] != b"200":
         return f"HTTP {status[1].decode(errors='replace') if len(status) > 1 else '?'}"
+    return body
+
+
+def parse(answer: bytes) -> Activity | str:
+    """An HTTP/1.0 answer of /api/status → Activity (busy unknown), or what was wrong with it."""
+    body = _body(answer)
+    if isinstance(body, str):
+        return body
     try:
         data = json.loads(body)
         kernels, connections = int(data["kernels"]), int(data["connections"])
@@ -140,3 +165,16 @@ def parse(answer: bytes) -> Activity | str:
     except (ValueError, KeyError, TypeError, AttributeError):
         return "not an /api/status answer"
     return Activity(kernels, connections, stamp)
+
+
+def parse_kernels(answer: bytes) -> int | None:
+    """An HTTP/1.0 answer of /api/kernels → how many kernels are busy, None if it is not one.
+    (A kernel list longer than MAX_ANSWER, ~200 kernels, is not told: idle stop then waits.)"""
+    body = _body(answer)
+    if isinstance(body, str):
+        return None
+    try:
+        kernels = json.loads(body)
+        return sum(1 for k in kernels if k["execution_state"] == "busy")
+    except (ValueError, KeyError, TypeError):
+        return None

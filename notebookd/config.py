@@ -27,6 +27,7 @@ USERNAME = v.USERNAME
 AUTH_MODES = ("token", "password", "both")
 TLS_MODES = ("off", "self-signed", "files")
 SPAWN_MODES = ("exec", "fork")
+START_MODES = ("always", "on-demand")
 
 
 def setting(default: Any, read: Callable[[Located], Any] | None, help: str, *, restart: bool = False) -> Any:
@@ -192,6 +193,53 @@ class Metrics:
                 "(set metrics.allow_insecure: true to serve them there, best behind a firewall)")
 
 
+_PAM_SERVICE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _pam_service(item: Located) -> str:
+    name = v.string(item)
+    if not _PAM_SERVICE.fullmatch(name):
+        raise item.error(f"{name!r} is not a PAM service name (a file name in /etc/pam.d/)")
+    return name
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    """The login page in front of every server (`front_door:`): nginx asks notebookd on every request."""
+
+    enabled: bool = setting(False, v.boolean, "a login page (PAM) and an nginx auth_request on every location")
+    pam_service: str = setting("notebookd", _pam_service, "/etc/pam.d/<name>; the package ships `notebookd`")
+    session_max_age: float = setting(8 * 3600.0, v.positive_duration, "a session ends this long after its login")
+    idle_timeout: float = setting(3600.0, v.positive_duration, "... or after this long without a request")
+    max_failures: int = setting(5, v.count, "failed logins in a row (per name, per address) before a delay")
+    failure_delay: float = setting(30.0, v.positive_duration, "the first delay; doubling, up to 15 minutes")
+
+    def check(self, sec: _Section) -> None:
+        if self.idle_timeout > self.session_max_age:
+            raise (sec.keys.get("idle_timeout") or sec.keys["session_max_age"]).error(
+                "idle_timeout must not be longer than session_max_age")
+
+
+def _check_front_door(door: FrontDoor, proxy: Proxy, item: Located | None, file: str) -> None:
+    """The session cookie is Secure: browsers send it over https only (and to loopback, for a TLS
+    terminator on this host, or tests); a plain-http front door elsewhere could log no one in."""
+    if not door.enabled or proxy.cert or _loopback_listen(proxy.listen):
+        return
+    message = ("front_door needs TLS at nginx (proxy.cert and proxy.key), or proxy.listen on a loopback "
+               "address behind another TLS terminator")
+    if item is not None and isinstance(item.value, dict) and "enabled" in item.value:
+        raise item.value["enabled"].error(message)
+    raise ConfigError(file, None, "front_door.enabled", message)
+
+
+def _loopback_listen(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        return bool(host) and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A kernelspec every server offers besides its default one (built from a `kernels.NAME:` entry)."""
@@ -233,6 +281,16 @@ class KernelEntry:
 
 
 @dataclass(frozen=True)
+class Idle:
+    """When a server counts as idle (README, "Idle servers"), and jupyter's own kernel culling."""
+
+    stop_after: float | None = setting(None, v.optional(v.positive_duration),
+                                       "stop a server with no activity for this long; empty: never")
+    kernels_after: float | None = setting(None, v.optional(v.positive_duration),
+                                          "jupyter culls kernels idle this long (cull_idle_timeout); empty: never")
+
+
+@dataclass(frozen=True)
 class Slurm:
     """backend: slurm: what a server's job asks for (`slurm:` the defaults, `users.NAME.slurm:` overrides keys
     but shared_dir); empty values are left to the cluster's defaults, and sbatch checks what is given."""
@@ -265,6 +323,8 @@ class ServerSettings:
     start_timeout: float = setting(60.0, v.positive_duration, "not ready this long after a start: restarted")
     stop_timeout: float = setting(10.0, v.positive_duration, "SIGTERM, then SIGKILL after this long")
     spawn: str = setting("exec", _spawn, "exec, or fork from a template that imported jupyter_server once")
+    start: str = setting("always", v.choice(*START_MODES), "always, or on-demand: at the first connection")
+    idle: Idle = section(Idle, "idle stop of servers, kernel culling")
     slurm: Slurm = Slurm()  # not a key of server: but of the top level and users.NAME: (from_document)
 
     def check(self, sec: _Section) -> None:
@@ -272,6 +332,10 @@ class ServerSettings:
         if self.spawn == "fork" and self.command:
             where = sec.keys.get("spawn") or sec.keys.get("command") or sec.item
             raise where.error("spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec")
+        if self.idle.stop_after is not None and self.idle.stop_after < self.start_timeout:
+            where = sec.keys.get("idle") or sec.keys.get("start_timeout") or sec.item
+            raise where.error(f"idle.stop_after ({self.idle.stop_after:g}s) is shorter than start_timeout "
+                              f"({self.start_timeout:g}s)")
 
 
 @dataclass(frozen=True)
@@ -280,6 +344,13 @@ class Restart:
     backoff_max: float = setting(60.0, v.duration, "the longest wait (it doubles at each failure in a row)")
     crashloop_after: int = setting(5, v.count, "failed starts in a row before the server is shown as crashloop")
     reset_after: float = setting(60.0, v.duration, "running this long clears the failure count")
+
+    def delay(self, failures: int) -> float:
+        """The wait before the next start after `failures` failed starts in a row: doubling from backoff_min,
+        at most backoff_max, and always backoff_max in a crash loop."""
+        if failures >= self.crashloop_after:
+            return self.backoff_max
+        return min(self.backoff_max, self.backoff_min * 2 ** (failures - 1))
 
     def check(self, sec: _Section) -> None:
         if "backoff_min" in sec.keys and self.backoff_min <= 0:
@@ -386,6 +457,7 @@ class Config:
     listen: Listen = section(Listen, "where the servers listen")
     tls: TLS = section(TLS, "TLS of the servers themselves")
     proxy: Proxy = section(Proxy, "what `notebookd render nginx` puts in front")
+    front_door: FrontDoor = section(FrontDoor, "the login page (PAM) in front of every server")
     kernels: tuple[Kernel, ...] = setting((), _kernels, "kernels every server offers besides its default one")
     embed: Embed = section(Embed, "embedding in other sites")
     slurm: Slurm = section(Slurm, "for backend: slurm: what each server's job asks for")  # before server:
@@ -504,7 +576,32 @@ def from_document(root: Located, layout: Layout) -> Config:
                            else f.metadata["read"](item))
         if f.name == "tls":
             _check_remote_access(got.get("listen", Listen()), got.get("tls", TLS()), given.get("listen"), file)
+        if f.name == "front_door":
+            _check_front_door(got.get("front_door", FrontDoor()), got.get("proxy", Proxy()), given.get("front_door"),
+                              file)
+    _check_on_demand(got.get("backend", "native"), given)
     return Config(file=file, **got)
+
+
+def _check_on_demand(backend: str, given: dict[str, Located]) -> None:
+    """Only the native backend holds users' sockets, which on-demand starts and idle stops need."""
+    if backend == "native":
+        return
+    places = [given["server"]] if "server" in given else []
+    if "users" in given and isinstance(given["users"].value, dict):
+        places += list(given["users"].value.values())
+    for place in places:
+        if not isinstance(place.value, dict):
+            continue
+        for key in ("start", "idle"):
+            item = place.value.get(key)
+            if item is None or (key == "start" and item.value == "always"):
+                continue
+            if key == "idle" and not (isinstance(item.value, dict) and item.value.get("stop_after") is not None
+                                      and item.value["stop_after"].value not in (None, "")):
+                continue
+            raise item.error(f"needs backend: native (backend: {backend} binds its servers' ports itself, "
+                             "so nothing holds a port while its server is down)")
 
 
 def _server(given: dict[str, Located], embed: Embed) -> ServerSettings:

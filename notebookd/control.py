@@ -95,10 +95,9 @@ class ControlServer:
     async def start(self) -> "ControlServer":
         import asyncio
 
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        from notebookd.fsutil import remove  # the daemon's side only: the CLI's import stays light
+
+        remove(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         # Everyone may connect; what they may do is decided per request from their credentials.
         old = os.umask(0o111)

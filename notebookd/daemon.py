@@ -24,7 +24,8 @@ from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
 from notebookd.commands import REQUESTS, ROOT
 from notebookd.control import Peer, Refused, serve
-from notebookd.fsutil import ensure_dir
+from notebookd.frontdoor.door import FrontDoor
+from notebookd.fsutil import ensure_dir, remove
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
@@ -56,6 +57,7 @@ class Daemon:
         self.stats = Stats()  # replaced by the backend's own (it counts its restarts, health failures, starts)
         self.activity: ActivityBook | None = None
         self.metrics = metrics.Service(self._snapshot)
+        self.door: FrontDoor | None = None
         self._status_pending = False
 
     # -- lifecycle --
@@ -84,12 +86,14 @@ class Daemon:
         control = await serve(self.layout.socket, self.handle)
         await self.metrics.apply(self.config.metrics)
         activity = self.activity.run_idle(self._activity_targets)  # every activity_interval when nobody scrapes
+        self.door = FrontDoor(self.layout.run_dir, self.tokens, lambda: self.desired.specs)
         try:
             async with self.lock:
                 await self._reconcile()
         except PortBookError as exc:  # refuse rather than give every user a new port
             log.error("%s", exc)
             control.close()
+            self.door.close()
             await self.backend.detach()  # whatever an earlier daemon left running stays for the next one
             os.close(lock)
             return 1
@@ -116,6 +120,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             control.close()
+            self.door.close()
             watchdog.cancel()
             renewal.cancel()
             activity.cancel()
@@ -129,10 +134,7 @@ class Daemon:
                     if self.config.metrics.textfile:
                         await self.metrics.write_textfile()  # every server stopped: not left looking up
             await self.metrics.close()
-            try:
-                os.unlink(self.layout.socket)
-            except FileNotFoundError:
-                pass
+            remove(self.layout.socket)
             os.close(lock)
         if event == "detach":
             return EXIT_DETACHED
@@ -156,6 +158,10 @@ class Daemon:
             log.info("reconcile: %s", step.describe())
         for spec in step.restart:
             self.stats.restarted(spec.name, "reload")
+        try:
+            await self.door.follow(self.config)
+        except OSError as exc:
+            log.error("front door: cannot listen on %s: %s", self.door.path, exc)
         await reconcile.apply(step, self.backend)
         hold = getattr(self.backend, "hold_sockets", None)  # backends whose daemon holds users' ports
         if hold is not None:
@@ -411,7 +417,8 @@ class Daemon:
         proxy = self.config.proxy
         return {"config": self.config.file, "servers": servers,
                 "proxy": {"listen": proxy.listen, "server_name": proxy.server_name,
-                          "cert": proxy.cert, "key": proxy.key}}
+                          "cert": proxy.cert, "key": proxy.key},
+                "front_door": {"enabled": self.config.front_door.enabled, "socket": self.door.path}}
 
     async def _renew_certificates(self) -> None:
         """Renew the self-signed certificate before it expires, and restart the servers that use it

@@ -59,7 +59,6 @@ PR_SET_DUMPABLE = 4
 PR_SET_MM = 35
 PR_SET_MM_ARG_START, PR_SET_MM_ARG_END, PR_SET_MM_ENV_START, PR_SET_MM_ENV_END = 8, 9, 10, 11
 _blocks = []  # the argv/environment blocks /proc shows: must live as long as the process
-SERVER_MAIN = "jupyter_server.__main__"
 
 
 class ForkError(Exception):
@@ -78,10 +77,6 @@ class ForkServer:
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future] = {}
         self._exits: dict[int, asyncio.Future] = {}
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
 
     def _ensure(self) -> None:
         if self.sock is not None:
@@ -206,10 +201,6 @@ class ForkedProcess(ServerProcess):
     def __init__(self, pid: int, status: asyncio.Future):
         super().__init__(pid)
         self._status = status
-
-    @property
-    def adopted(self) -> bool:
-        return False
 
     def watch(self, on_exit) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()

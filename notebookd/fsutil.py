@@ -5,6 +5,14 @@ import struct
 import tempfile
 
 
+def remove(path: str) -> None:
+    """Unlink `path` if it is there (gone already is just as good)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def ensure_dir(path: str, mode: int, uid: int = -1, gid: int = -1) -> None:
     """Create `path` if needed and force its mode and owner (a pre-existing dir is corrected too)."""
     os.makedirs(path, mode=mode, exist_ok=True)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-from notebookd.fsutil import write_atomic
+from notebookd.fsutil import remove, write_atomic
 from notebookd.model import ServerSpec
 
 # Settings that decide where a server listens and who may talk to it. They go on the command
@@ -115,6 +115,10 @@ def server_config(spec: ServerSpec, kind: ServerKind, access=None) -> dict:
     tornado = app.setdefault("tornado_settings", {})
     tornado.setdefault("headers", {})["Content-Security-Policy"] = csp
     app.update(disable_check_xsrf=False, allow_origin="", allow_origin_pat="")
+    cull = spec.settings.idle.kernels_after
+    if cull is not None:  # the same trait names in 1.23 and 2.x
+        config.setdefault("MappingKernelManager", {}).update(
+            cull_idle_timeout=int(cull), cull_interval=max(1, min(300, int(cull // 4))))
     if major >= 2:
         app["identity_provider_class"] = "jupyter_server.auth.identity.PasswordIdentityProvider"
         config.setdefault("PasswordIdentityProvider", {}).update(allow_password_change=False)
@@ -174,10 +178,7 @@ def write_config(path: str, spec: ServerSpec, kind: ServerKind, access, uid: int
     if access is not None and access.password_file:
         write_atomic(loader, password_loader(kind.major, access.password_file).encode(), 0o640, uid, gid)
     else:
-        try:
-            os.unlink(loader)
-        except FileNotFoundError:
-            pass
+        remove(loader)
 
 
 def argv(spec: ServerSpec, config_path: str, words: list[str]) -> list[str]:

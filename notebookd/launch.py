@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from notebookd import jupyter
+from notebookd import jupyter, kernelspecs
 from notebookd.access import Access
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.model import ServerSpec
@@ -53,7 +53,7 @@ def prepare(spec: ServerSpec, run_dir: str, access: Access, *, token_file: str |
     files = {"config": os.path.join(base, "jupyter_server_config.json"),
              "token": os.path.join(base, "token"),
              "runtime": runtime_dir or os.path.join(base, "runtime"),
-             "share": os.path.join(run_dir, "share")}  # shared kernels (kernelspecs.py)
+             "share": kernelspecs.share_dir(run_dir)}  # shared kernels (kernelspecs.py)
     words = jupyter.command(spec)
     granted = access.install(spec, base, 0)
     if token_file is not None and granted.token_file is not None:

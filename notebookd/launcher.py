@@ -150,9 +150,19 @@ def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
     ServerApp.stop = stop
 
 
-def wrap(argv: list[str], fd: int, drain: float, python: str | None) -> list[str]:
+def python_of(words: list[str], interpreter: str | None) -> str | None:
+    """The Python that would run the command `words` (`interpreter`: the one its #! line names), or
+    None if it is not run by Python (a shell wrapper, a binary): then no socket can be handed to it."""
+    if os.path.basename(words[0]).startswith("python"):
+        return words[0]
+    if interpreter and os.path.basename(interpreter).startswith("python"):
+        return interpreter
+    return None
+
+
+def wrap(argv: list[str], fd: int, drain: float, python: str) -> list[str]:
     """The server's `argv` run under this launcher with socket `fd`. For the daemon: `argv` is
-    `PYTHON [FLAGS] -m MODULE ARGS` or `SCRIPT ARGS` (`python`: the interpreter of its #! line)."""
+    `PYTHON [FLAGS] -m MODULE ARGS` or `SCRIPT ARGS` (`python`: from `python_of`)."""
     ours = [os.path.abspath(__file__), f"--listen-fd={fd}", f"--drain={drain:g}"]
     if os.path.basename(argv[0]).startswith("python"):
         flags = []
@@ -161,8 +171,11 @@ def wrap(argv: list[str], fd: int, drain: float, python: str | None) -> list[str
                 break
             flags.append(word)
         return [argv[0], *flags, *ours, *argv[1 + len(flags):]]
-    if python is None:
-        raise ValueError(f"cannot tell which Python runs {argv[0]}")
+    if os.path.basename(argv[0]) == "jupyter" and len(argv) > 1 and not argv[1].startswith("-"):
+        # `jupyter lab` execs jupyter-lab, which would start without the socket: run that script directly
+        sub = os.path.join(os.path.dirname(argv[0]), f"jupyter-{argv[1]}")
+        if os.path.isfile(sub):
+            argv = [sub, *argv[2:]]
     return [python, "-I", *ours, *argv]
 
 

@@ -75,7 +75,8 @@ class RotatingFile:
                 self.at_line_start = fh.read(1) == b"\n"
 
     def rotate(self) -> None:
-        self.close()
+        # not close(): what _redact holds back belongs to the line in progress, which goes on in the next file
+        self._close_fd()
         for n in range(self.keep - 1, 0, -1):
             try:
                 os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
@@ -198,6 +199,9 @@ class RotatingFile:
 
     def close(self) -> None:
         self.flush_held()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         if self.fd != -1:
             os.close(self.fd)
             self.fd = -1

@@ -14,29 +14,34 @@ from notebookd.config import TLS, Health, Limits, Logs, Restart, ServerSettings
 
 class ServerState(enum.Enum):
     STOPPED = "stopped"      # no process, none scheduled
-    STARTING = "starting"    # process spawned, not answering yet
+    STARTING = "starting"    # process spawned (or found, left by an earlier daemon), not answering yet
     RUNNING = "running"      # answering on its port
     STOPPING = "stopping"    # told to go; SIGTERM sent, SIGKILL after the grace period
     BACKOFF = "backoff"      # exited or failed to start; restart scheduled
     CRASHLOOP = "crashloop"  # failed too often in a row; retried at the slowest pace
     ERROR = "error"          # cannot be started as configured (no such user, no port left)
-
-    @property
-    def is_up(self) -> bool:
-        return self is ServerState.RUNNING
+    IDLE = "idle"            # configured, its socket held, no process: the next connection starts it
 
 
-# The only moves a server may make. Anything else is a bug, and `check_transition` says so.
+S = ServerState
+
+# The only moves a server may make, for every backend. Anything else is a bug, and `check_transition`
+# says so. An adopted server goes STOPPED -> STARTING ("adopting pid N") -> RUNNING once it answers.
 TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
-    ServerState.STOPPED: frozenset({ServerState.STARTING, ServerState.RUNNING}),  # RUNNING: adopted
-    ServerState.STARTING: frozenset({ServerState.RUNNING, ServerState.STOPPING, ServerState.BACKOFF,
-                                     ServerState.CRASHLOOP}),
-    ServerState.RUNNING: frozenset({ServerState.STOPPING, ServerState.BACKOFF, ServerState.CRASHLOOP}),
-    ServerState.STOPPING: frozenset({ServerState.STOPPED, ServerState.BACKOFF, ServerState.CRASHLOOP}),
-    ServerState.BACKOFF: frozenset({ServerState.STARTING, ServerState.STOPPED}),
-    ServerState.CRASHLOOP: frozenset({ServerState.STARTING, ServerState.STOPPED}),
-    ServerState.ERROR: frozenset(),
+    S.STOPPED: frozenset({S.STARTING, S.IDLE}),  # IDLE: start: on-demand
+    S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.BACKOFF, S.CRASHLOOP}),
+    S.RUNNING: frozenset({S.STOPPING, S.BACKOFF, S.CRASHLOOP}),
+    S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.CRASHLOOP, S.IDLE}),  # IDLE: stopped for idleness
+    # CRASHLOOP: a process manager that gave up after its own retries (supervisord FATAL, systemd failed)
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.CRASHLOOP}),
+    S.CRASHLOOP: frozenset({S.STARTING, S.STOPPED}),
+    S.ERROR: frozenset(),
+    S.IDLE: frozenset({S.STARTING, S.STOPPED}),  # STARTING: a connection is pending on the held socket
 }
+
+# States a look at a process manager can miss between two polls: it starts a process, or sees one exit
+# and waits to restart it, on its own. Only these may be passed through unseen (`path`).
+UNSEEN = (S.STARTING, S.BACKOFF)
 
 
 class TransitionError(AssertionError):
@@ -46,6 +51,24 @@ class TransitionError(AssertionError):
 def check_transition(name: str, old: ServerState, new: ServerState) -> None:
     if new not in TRANSITIONS[old]:
         raise TransitionError(f"{name}: {old.value} -> {new.value} is not a valid transition")
+
+
+def path(name: str, old: ServerState, new: ServerState) -> list[ServerState]:
+    """The moves from `old` to an observed `new`: [new] when the table allows it, else the shortest way
+    through states a poll may have missed (UNSEEN); anything else is a TransitionError."""
+    if new is old:
+        return []
+    if new in TRANSITIONS[old]:
+        return [new]
+    for via in UNSEEN:
+        if via in TRANSITIONS[old] and new in TRANSITIONS[via]:
+            return [via, new]
+    for a in UNSEEN:
+        for b in UNSEEN:
+            if a is not b and a in TRANSITIONS[old] and b in TRANSITIONS[a] and new in TRANSITIONS[b]:
+                return [a, b, new]
+    check_transition(name, old, new)  # raises
+    return [new]
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,13 @@ def _insecure_context():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+# What a failed probe means, in the same words for every backend.
+
+def not_ready(start_timeout: float, status: int | str) -> str:
+    return f"not ready after {start_timeout:g}s (last probe: {status})"
+
+
+def unhealthy(failures: int, allowed: int, status: int | str) -> str:
+    return f"health check failed ({failures}/{allowed}): {status}"

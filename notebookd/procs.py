@@ -19,6 +19,30 @@ log = logging.getLogger("notebookd")
 
 MARKER_VAR = "NOTEBOOKD_SERVER"
 
+# The grace periods of a stop, named once. A server gets its own stop_timeout (server.stop_timeout);
+# what is left after that gets SIGTERM again and this long, then SIGKILL:
+TERM_AGAIN_WAIT = 2.0
+# kernels a crashed server left behind: they have no server to shut them down, so only this long
+STRAY_GRACE = 2.0
+# SIGKILL cannot be refused: waiting longer only covers a process stuck in the kernel (D state)
+KILL_WAIT = 5.0
+
+
+def describe_exit(returncode: int | None, core: bool = False) -> str:
+    """An exit in words, the same for every backend: "exit status 1", "killed by SIGKILL".
+
+    `returncode` in Popen's convention (negative: the signal); None when it is not ours to know (a process
+    adopted from an earlier daemon, or a manager that does not say)."""
+    if returncode is None:
+        return "exited (status unknown)"
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name}" + (" (core dumped)" if core else "")
+
 
 def server_processes(pid: int | None, uid: int, marker: str) -> list[psutil.Process]:
     found: dict[int, psutil.Process] = {}
@@ -112,15 +136,35 @@ async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> lis
     if survivors:
         _signal_all(survivors, signal.SIGTERM)
         _signal_all(survivors, signal.SIGCONT)
-        survivors = await wait_gone(survivors, min(2.0, grace))
+        survivors = await wait_gone(survivors, min(TERM_AGAIN_WAIT, grace))
     for _ in range(3):  # a stray may fork while we look; a few passes catch its children too
         survivors += [p for p in server_processes(None, uid, marker) if p not in survivors]
         if not survivors:
             break
         killed += [p.pid for p in survivors]
         _signal_all(survivors, signal.SIGKILL)
-        survivors = await wait_gone(survivors, 5.0)
+        survivors = await wait_gone(survivors, KILL_WAIT)
     return killed
+
+
+async def end_strays(uid: int, marker: str, keep: int | None = None) -> list[int]:
+    """The stray-kernel sweep: end every process with the server's marker that is not `keep` (the
+    current server) or one of its descendants: kernels its last run left behind. Returns their pids."""
+    current: set[int] = set()
+    if keep:
+        try:
+            current = {keep} | {c.pid for c in psutil.Process(keep).children(recursive=True)}
+        except psutil.Error:
+            pass
+    strays = [p for p in server_processes(None, uid, marker) if p.pid not in current]
+    if not strays:
+        return []
+    _signal_all(strays, signal.SIGTERM)
+    _signal_all(strays, signal.SIGCONT)
+    survivors = await wait_gone(strays, STRAY_GRACE)
+    _signal_all(survivors, signal.SIGKILL)
+    await wait_gone(survivors, KILL_WAIT)
+    return [p.pid for p in strays]
 
 
 class ServerProcess:
@@ -132,10 +176,6 @@ class ServerProcess:
         self.popen = popen
         self.done = False
         self.returncode: int | None = None
-
-    @property
-    def adopted(self) -> bool:
-        return self.popen is None
 
     def watch(self, on_exit) -> asyncio.Future:
         """A future resolved with the exit status (None if unknown) when the process ends.

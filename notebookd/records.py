@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
-from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.fsutil import ensure_dir, remove, write_atomic
 from notebookd.model import ServerSpec
 
 log = logging.getLogger("notebookd")
@@ -55,10 +55,7 @@ class RecordBook:
         return rec
 
     def remove(self, name: str) -> None:
-        try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            pass
+        remove(self._path(name))
 
     def live(self) -> dict[str, Record]:
         """Records whose process still runs; stale ones are deleted."""

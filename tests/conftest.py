@@ -69,12 +69,23 @@ def kill_uid(uid: int) -> None:
             pass
 
 
+def _exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def make_user(name: str) -> pwd.struct_passwd:
     """A real Unix user with a home, created for the test run (removed at the end of the session)."""
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        # other test sessions on this machine add users too: useradd fails while one holds the lock
+        wait_for(lambda: subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name],
+                                        capture_output=True).returncode == 0 or _exists(name), 120, interval=0.5,
+                 what=f"useradd {name}")
         pw = pwd.getpwnam(name)
     # the uid may be one an aborted earlier run used (users are deleted, their uids given out again)
     kill_uid(pw.pw_uid)

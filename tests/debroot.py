@@ -15,7 +15,7 @@ from sysroot import MIRROR, cached_root
 BASE = "systemd,systemd-sysv,dbus,procps,apt,ca-certificates"
 # Depends and Recommends of packaging/debian/control: downloaded into the root's apt cache
 DOWNLOAD = ["python3-jupyter-server", "python3-psutil", "python3-sdnotify", "python3-yaml", "python3-cryptography",
-            "python3-ipykernel", "python3-nbclassic"]
+            "python3-ipykernel", "python3-nbclassic", "python3-pamela"]
 RECIPE = f"bookworm-debroot-{BASE.replace(',', '+')}-{'+'.join(DOWNLOAD)}-1"
 
 

@@ -34,6 +34,19 @@ class Lab(StatusClient):
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None: ...
     def user_pids(self, user: str) -> list[int]: ...
     def proc_user(self, pid: int) -> str: ...
+    def parent_of(self, pid: int) -> int: ...  # 0 when the process is gone
+
+    def strays(self, user: str, server_pid: int) -> list[int]:
+        """The user's processes outside the server's own tree (JupyterLab may start helpers: its business)."""
+        def inside(pid: int) -> bool:
+            for _ in range(64):
+                if pid == server_pid:
+                    return True
+                if pid <= 1:
+                    return False
+                pid = self.parent_of(pid)
+            return False
+        return [p for p in self.user_pids(user) if not inside(p)]
     def proc_env(self, pid: int) -> dict[str, str]: ...
     def pid_of(self, user: str, text: str) -> int | None: ...
     def set_users(self, entries: dict[str, str]) -> None: ...
@@ -108,6 +121,12 @@ class HostLab(Lab):
 
     def proc_user(self, pid):
         return psutil.Process(pid).username()
+
+    def parent_of(self, pid):
+        try:
+            return psutil.Process(pid).ppid()
+        except psutil.NoSuchProcess:
+            return 0
 
     def proc_env(self, pid):
         return psutil.Process(pid).environ()
@@ -234,6 +253,10 @@ class ContainerLab(Lab):
 
     def proc_user(self, pid):
         return self.c.run("ps", "-o", "user=", "-p", str(pid)).stdout.strip()
+
+    def parent_of(self, pid):
+        out = self.c.run("ps", "-o", "ppid=", "-p", str(pid), check=False).stdout.strip()
+        return int(out) if out.isdigit() else 0
 
     def proc_env(self, pid):
         raw = self.c.run("cat", f"/proc/{pid}/environ").stdout

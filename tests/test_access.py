@@ -329,6 +329,8 @@ def browser(lab):
                  "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
                  "--window-size=1400,1000"):
         opts.add_argument(flag)
+    # leaving JupyterLab with an unsaved notebook asks "leave site?": accept, or the next page never loads
+    opts.set_capability("unhandledPromptBehavior", "accept")
     drv = webdriver.Chrome(service=Service(driver, log_output=os.path.join(lab.base, "chromedriver.log")),
                            options=opts)
     drv.set_page_load_timeout(120)
@@ -342,6 +344,22 @@ def screenshot_on_failure(browser, lab, request):
     yield
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else True:
         browser.save_screenshot(os.path.join(lab.base, f"{request.node.name}.png"))
+
+
+def _fresh(drv) -> None:
+    """A browser as a new visitor has it: off the last page (whatever it asked on leaving), no cookies
+    for any site (delete_all_cookies reaches only the current page's)."""
+    from selenium.common.exceptions import NoAlertPresentException, UnexpectedAlertPresentException
+
+    try:
+        drv.get("about:blank")
+    except UnexpectedAlertPresentException:
+        pass
+    try:
+        drv.switch_to.alert.accept()
+    except NoAlertPresentException:
+        pass
+    drv.execute_cdp_cmd("Network.clearBrowserCookies", {})
 
 
 def _in_lab(drv, timeout: float = 90) -> None:
@@ -370,6 +388,7 @@ def test_browser_runs_a_cell_in_jupyterlab_through_nginx_with_the_token(lab, bro
     from selenium.webdriver.support.ui import WebDriverWait
 
     _notebook(lab.alice, "answer.ipynb")
+    _fresh(browser)
     browser.get(proxied(lab, lab.alice) + f"lab/tree/answer.ipynb?token={lab.token(lab.alice)}")
     _in_lab(browser)
     wait = WebDriverWait(browser, 120)
@@ -385,31 +404,52 @@ def test_browser_runs_a_cell_in_jupyterlab_through_nginx_with_the_token(lab, bro
     assert out[0].strip() == "42"
 
 
+def _login_form(drv, timeout: float = 60):
+    """The login page's password field, once the page that shows it has loaded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        WebDriverWait(drv, timeout).until(ec.url_contains("/login"))
+        return WebDriverWait(drv, timeout).until(ec.visibility_of_element_located((By.CSS_SELECTOR,
+                                                                                    "input[type=password]")))
+    except TimeoutException:
+        raise AssertionError(f"no login form after {timeout:g}s at {drv.current_url}: "
+                             f"{drv.find_element(By.TAG_NAME, 'body').text[:300]!r}") from None
+
+
 def test_browser_with_another_users_token_gets_the_login_page(lab, browser):
     from selenium.webdriver.common.by import By
 
-    browser.delete_all_cookies()
+    _fresh(browser)
     browser.get(proxied(lab, lab.alice) + f"lab?token={cli(lab, 'token', lab.bob).stdout.strip()}")
-    assert "/login" in browser.current_url
-    assert browser.find_elements(By.CSS_SELECTOR, "input[type=password]")
+    assert _login_form(browser)
     assert not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
 
 
 def test_browser_password_login(lab, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.delete_all_cookies()
+    _fresh(browser)
     browser.get(proxied(lab, lab.bob) + "lab")
-    assert "/login" in browser.current_url
 
     def log_in(password: str) -> None:
-        field = browser.find_element(By.CSS_SELECTOR, "input[type=password]")
+        """Type into the form and submit it; return once the page it was on is gone (submitting
+        reloads the page: anything found before that is a stale element)."""
+        field = _login_form(browser)
         field.clear()
         field.send_keys(password)
         browser.find_element(By.CSS_SELECTOR, "#login_submit, button[type=submit]").click()
+        WebDriverWait(browser, 60).until(ec.staleness_of(field))
 
     log_in("not the password")
-    assert "/login" in browser.current_url and not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
+    assert _login_form(browser)  # the login page again, freshly loaded
+    assert not browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel")
     log_in(BOB_PASSWORD)
     _in_lab(browser)
     assert browser.current_url.startswith(proxied(lab, lab.bob) + "lab")

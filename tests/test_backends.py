@@ -130,9 +130,7 @@ def test_kernel_of_a_killed_server_does_not_linger(lab):
     lab.kill(row["pid"], signal.SIGKILL)
     new = lab.wait_replaced(alice, row["pid"])
     wait_for(lambda: kernel not in lab.user_pids(alice), 30, what="the orphaned kernel gone")
-    # a server that just started may run short-lived helpers of its own (seen under supervisord: a process of
-    # the user, gone a moment later); a leftover kernel would stay, so wait for the helpers, not for a kernel
-    wait_for(lambda: lab.user_pids(alice) == [new["pid"]], 30, what="nothing but the new server")
+    assert new["pid"] in lab.user_pids(alice) and lab.strays(alice, new["pid"]) == []
 
 
 def test_a_user_acts_on_their_own_server_only(lab):

@@ -103,3 +103,23 @@ def test_the_daemon_refuses_what_the_declaration_forbids(request_, refused):
         asyncio.run(daemon.handle(request_, {}, Peer(pid=1, uid=other, gid=other)))
     assert str(exc.value) == refused
     assert daemon.events.empty()  # a refused shutdown queued nothing
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"], ["status", "--json"], ["status", "--json", "alice", "bob"], ["status", "alice", "--json"],
+    ["-c", "/x.yaml", "status"],
+    ["--config=/x.yaml", "url"], ["url", "alice"], ["stop", "alice", "bob"], ["restart", "alice"], ["reload"],
+    ["shutdown", "--keep-servers"], ["logs"], ["logs", "bob", "-f"], ["token", "--rotate"], ["token", "bob"],
+    ["passwd"], ["run"], ["check-config"],
+])
+def test_the_quick_parse_reads_what_argparse_reads(argv):
+    quick = cli.quick_parse(argv)
+    assert quick is not None and vars(quick) == vars(cli._parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--help"], ["status", "-h"], ["status", "--bogus"], ["stop"], ["logs", "-n", "5"], ["render", "nginx"],
+    ["token", "a", "b"], ["reload", "extra"], ["status", "alice", "--json", "bob"], ["bogus"], ["-c"], ["status", "--"], ["--version"],
+])
+def test_anything_else_goes_to_argparse(argv):
+    assert cli.quick_parse(argv) is None

@@ -442,7 +442,7 @@ def test_recursive_alias(text, expected):
     ("users:\n  alice: 8888\n", "2: users.alice: expected a mapping, got int"),
     ("a: &x {b: 1}\nc: {<<: *x}\n", "2: c: keys must be plain names"),
     ("server: {port: 1}\n", "1: server.port: unknown key (known: args, auth, base_url, command, env, "
-                            "frame_ancestors, jupyter_config, path, root_dir, spawn, start_timeout, stop_timeout)"),
+                            "frame_ancestors, idle, jupyter_config, path, root_dir, spawn, start, start_timeout, stop_timeout)"),
     ("server: {spawn: vfork}\n", "1: server.spawn: 'vfork' is not a spawn mode (exec or fork)"),
     ("server: {spawn: fork, command: [jupyter-server]}\n",
      "1: server.spawn: spawn: fork runs notebookd's own jupyter_server; with a `command`, use spawn: exec"),

@@ -93,6 +93,14 @@ def test_install_gives_a_running_service_and_a_usable_notebook(box, debs):
         assert (st.st_uid, st.st_mode & 0o777) == (0, mode), path
     assert os.path.exists(box.path("/usr/share/man/man8/notebookd.8.gz"))
     assert os.path.exists(box.path("/usr/share/bash-completion/completions/notebookd"))
+    # the front door's PAM service, and its check with Debian's pamela 1.0 (Recommends)
+    assert "@include common-auth" in open(box.path("/etc/pam.d/notebookd")).read()
+    box.run("useradd", "pamcheck")
+    box.run("chpasswd", input="pamcheck:front door pass\n")
+    for password, ok in (("front door pass", True), ("wrong", False)):
+        request = json.dumps({"service": "notebookd", "user": "pamcheck", "password": password})
+        out = box.run("python3", "-I", "-m", "notebookd.frontdoor.pamhelper", input=request).stdout
+        assert json.loads(out)["ok"] is ok, out
 
     # an admin adds a user to the packaged config and reloads
     box.run("useradd", "--create-home", USER)

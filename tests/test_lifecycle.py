@@ -7,6 +7,7 @@ ran, the log filesystem full, a user deleted from the system.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -172,23 +173,24 @@ def test_repeated_kill_9_of_a_server(lab):
     assert strays(uid, row["pid"]) == [], "one server, no leftovers of the killed ones"
 
 
-def test_port_stolen_while_the_server_is_down(lab):
+def test_port_cannot_be_stolen_while_the_server_is_down(lab):
+    """notebookd holds the user's socket while the server is stopped (listeners.py): a thief gets EADDRINUSE."""
     name = lab.names["alice"]
     port = lab.rows()[name]["port"]
     assert lab.cli("stop", name).returncode == 0
+    lab.wait_state(name, "stopped")
     thief = socket.socket()
     thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the server's old connections linger
-    thief.bind(("127.0.0.1", port))
-    thief.listen()
     try:
-        assert lab.cli("start", name).returncode == 0
-        row = wait_for(lambda: (r := lab.rows()[name])["last_error"] and "in use" in r["last_error"] and r, 20,
-                       what="port in use")
-        assert row["state"] in ("backoff", "crashloop", "starting")
-        assert lab.rows()[lab.names["bob"]]["state"] == "running"
+        with pytest.raises(OSError) as caught:
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+        assert caught.value.errno == errno.EADDRINUSE
     finally:
         thief.close()
+    assert lab.cli("start", name).returncode == 0
     lab.wait_state(name, "running", 30)
+    assert lab.rows()[lab.names["bob"]]["state"] == "running"
 
 
 def test_full_log_filesystem(lab):

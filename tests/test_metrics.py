@@ -156,6 +156,7 @@ def test_prometheus_sees_each_running_server(lab, prom):
     states = prom.query("notebookd_server_state")
     assert len(states) == len(STATES) * len(lab.names)
     assert prom.value('notebookd_servers{state="running"}') == len(lab.names)
+    assert prom.value('notebookd_servers{state="idle"}') == 0  # every state of model.ServerState, pre-created
     assert prom.value('notebookd_build_info{backend="native"}') == 1
     memory = prom.query("notebookd_server_memory_bytes")
     assert all(v > 20 * 2**20 for v in memory.values()) and len(memory) == 2, "a jupyter_server's tree, in bytes"

@@ -8,6 +8,7 @@ could bring about quickly, like a crash loop); test_metrics.py checks the same w
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -92,6 +93,8 @@ def test_every_label_value_is_there_from_the_start():
     assert state[(("state", "crashloop"), ("user", "bob"))] == 1
     assert got["notebookd_servers"][(("state", "error"),)] == 1
     assert got["notebookd_servers"][(("state", "stopping"),)] == 0
+    # main's on-demand state: taken from model.ServerState, so it is there (0) before anyone is idle
+    assert "idle" in metrics.STATES and got["notebookd_servers"][(("state", "idle"),)] == 0
     restarts = got["notebookd_server_restarts_total"]
     assert len(restarts) == 3 * 4
     assert restarts[(("reason", "exit"), ("user", "alice"))] == 2
@@ -150,6 +153,16 @@ def test_api_status_answers():
     assert activity.parse(b"HTTP/1.1 403 Forbidden\r\n\r\n{}") == "HTTP 403"
     assert activity.parse(b"HTTP/1.1 200 OK\r\n\r\n<html>") == "not an /api/status answer"
     assert activity.parse(b"HTTP/1.1 200 OK\r\n\r\n" + b" " * (activity.MAX_ANSWER + 1)) == "answer too long"
+
+
+def test_api_kernels_answers_count_busy_kernels():
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+    listing = [{"id": "a", "execution_state": "busy"}, {"id": "b", "execution_state": "idle"},
+               {"id": "c", "execution_state": "busy"}]
+    assert activity.parse_kernels(head + json.dumps(listing).encode()) == 2
+    assert activity.parse_kernels(head + b"[]") == 0
+    assert activity.parse_kernels(b"HTTP/1.1 403 Forbidden\r\n\r\n[]") is None  # unknown, not "none busy"
+    assert activity.parse_kernels(head + b'{"kernels": 2}') is None
 
 
 def test_endpoint_routes_only_get_metrics():

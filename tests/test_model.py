@@ -11,7 +11,7 @@ import pytest
 from notebookd import config, reconcile
 from notebookd.config import Health, Logs, Restart, ServerSettings
 from notebookd.desired import spec_for
-from notebookd.model import TRANSITIONS, Account, ServerSpec, ServerState, TransitionError, check_transition
+from notebookd.model import TRANSITIONS, Account, ServerSpec, ServerState, TransitionError, check_transition, path
 from notebookd.paths import Layout
 from notebookd.reconcile import Plan, plan
 
@@ -36,10 +36,12 @@ def test_check_transition_allows_exactly_the_table(old, new):
 
 
 @pytest.mark.parametrize("old, new", [
-    (S.STOPPED, S.STARTING), (S.STOPPED, S.RUNNING),  # RUNNING: a server adopted after a daemon restart
+    (S.STOPPED, S.STARTING),  # also an adopted server: "adopting pid N", RUNNING once it answers
     (S.STARTING, S.RUNNING), (S.RUNNING, S.STOPPING), (S.STOPPING, S.STOPPED),
     (S.RUNNING, S.BACKOFF), (S.BACKOFF, S.STARTING), (S.STARTING, S.CRASHLOOP), (S.CRASHLOOP, S.STARTING),
     (S.BACKOFF, S.STOPPED), (S.CRASHLOOP, S.STOPPED),
+    (S.RUNNING, S.STOPPING), (S.STOPPING, S.BACKOFF),  # a failed health check: stopped, then restarted
+    (S.BACKOFF, S.CRASHLOOP),  # a process manager that gave up after its own retries
 ])
 def test_the_moves_a_server_makes(old, new):
     check_transition("bob", old, new)
@@ -49,6 +51,7 @@ def test_the_moves_a_server_makes(old, new):
     (S.RUNNING, S.STOPPED),     # a running server is always stopped through STOPPING (SIGTERM, grace, SIGKILL)
     (S.STARTING, S.STOPPED),
     (S.STOPPED, S.BACKOFF),
+    (S.STOPPED, S.RUNNING),     # adoption too goes through STARTING: it is RUNNING once it answers
     (S.BACKOFF, S.RUNNING),     # it must start again first
     (S.ERROR, S.STARTING),
 ])
@@ -80,9 +83,39 @@ def test_every_live_state_can_be_stopped_and_brought_back(state):
     assert S.RUNNING in reachable
 
 
-def test_error_is_final_and_only_running_is_up():
+def test_error_is_final():
     assert TRANSITIONS[S.ERROR] == frozenset()
-    assert [s for s in ServerState if s.is_up] == [S.RUNNING]
+
+
+@pytest.mark.parametrize("old, new, steps", [
+    (S.BACKOFF, S.RUNNING, [S.STARTING, S.RUNNING]),    # the manager restarted it and it answered between polls
+    (S.RUNNING, S.STARTING, [S.BACKOFF, S.STARTING]),   # it exited and the manager started a new one
+    (S.RUNNING, S.STOPPED, [S.BACKOFF, S.STOPPED]),     # it exited, and nobody wants it back
+    (S.STOPPING, S.RUNNING, [S.BACKOFF, S.STARTING, S.RUNNING]),
+    (S.RUNNING, S.CRASHLOOP, [S.CRASHLOOP]),
+    (S.RUNNING, S.RUNNING, []),
+])
+def test_a_poll_passes_only_through_states_it_may_have_missed(old, new, steps):
+    assert path("bob", old, new) == steps
+    for a, b in zip([old] + steps, steps):
+        check_transition("bob", a, b)
+
+
+def test_nothing_leaves_error_even_through_missed_states():
+    with pytest.raises(TransitionError):
+        path("bob", S.ERROR, S.RUNNING)
+
+
+def test_the_architecture_diagram_draws_exactly_the_table():
+    """docs/architecture.md's state diagram lists its arrows as `A -> B` lines under "Moves:"."""
+    import os
+    import re
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "architecture.md")).read()
+    block = doc.split("Moves (model.TRANSITIONS):\n```", 1)[1].split("```", 1)[0]
+    drawn = {(S(a), S(b)) for a, b in re.findall(r"\b([a-z]+) -> ([a-z]+)\b", block)}
+    table = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
+    assert drawn == table
 
 
 # ---- specs ----

@@ -81,11 +81,15 @@ class RecordedCluster(slurm.SlurmManager):
         super().__init__("/run/x", tempfile.mkdtemp(), "/shared", env={})
         self.answers = {"squeue": squeue, "sinfo": TWO_NODES_SINFO}
         self.submitted: list[str] = []
+        self.cancelled: list[str] = []
 
     async def _run(self, argv, stdin=None, spec=None):
         if argv[0] == "sbatch":
             self.submitted.append(spec.name)
             return "99\n"
+        if argv[0] == "scancel":
+            self.cancelled.append(argv[1])
+            return ""
         return self.answers[argv[0]]
 
 
@@ -105,7 +109,7 @@ def test_jobs_on_two_nodes_map_onto_server_states():
     assert seen["carol"].state == "starting" and "Priority" in seen["carol"].error
     # a failed job, one cancelled by someone else, one gone from slurmctld: backoff first, not resubmitted at once
     assert seen["erin"].state == seen["x1"].state == seen["gone"].state == "backoff"
-    assert m.submitted == []
+    assert m.submitted == [] and m.cancelled == ["77"]  # the one slurmctld forgot: cancelled to be sure
     assert "failed" in m.last_end["erin"] and "cancelled" in m.last_end["x1"] and "gone" in m.last_end["gone"]
     # the delay passes: a new job (a resubmission, not a requeue, which would wait for cred_expire)
     m.backoff["erin"].at = 0
@@ -218,6 +222,12 @@ class SlurmLab(HostLab):
         # one CPU and a little memory each: two servers fill the two 1-CPU nodes
         self.extra = "slurm: {cpus: 1, mem: 400M}"
         self.daemon = Daemon(base, self._config(), extra_env={"SLURM_CONF": cluster.conf})
+
+    def _config(self) -> str:
+        # health checks slower than the module default: a killed server's job must end (FAILED) and be
+        # seen before notebookd would restart the silent server itself (a cancel), even on a busy machine
+        return super()._config().replace("health: {interval: 2s, timeout: 5s, failures: 2}",
+                                         "health: {interval: 5s, timeout: 5s, failures: 3}")
 
     def job(self, name: str) -> dict:
         return next(j for j in self.cluster.jobs() if j["id"] == str(self.rows()[name]["pid"]))

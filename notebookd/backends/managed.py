@@ -19,20 +19,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import psutil
-
-from notebookd import launch, procs
+from notebookd import launch, probe
 from notebookd.access import Access, NotReady
 from notebookd.backends.base import BackendError
+from notebookd.config import ServerSettings
 from notebookd.fsutil import ensure_dir
-from notebookd.model import ServerSpec, ServerStatus
-from notebookd.ports import describe_holder, port_holder
-from notebookd.probe import Unprobed, http_status
+from notebookd.machine import Machine
+from notebookd.model import ServerSpec, ServerState, ServerStatus, path
+from notebookd.probe import Unprobed
 from notebookd.stats import Stats
 from notebookd.tokens import TokenStore
 
@@ -92,8 +89,8 @@ class Server:
     wanted: bool = False
     busy: int = 0  # an action is under way: the poller leaves it alone
     obs: Observed = field(default_factory=Observed)
-    state: str = "stopped"
-    since: float = field(default_factory=time.time)
+    state: ServerState = ServerState.STOPPED
+    since: float = 0.0  # when `state` was entered (the machine's clock)
     last_pid: int | None = None
     pid_seen: float = 0.0
     ready_pid: int | None = None
@@ -111,12 +108,13 @@ class Server:
 
 class ManagedBackend:
     def __init__(self, manager: Manager, run_dir: str, state_dir: str, tokens: TokenStore, on_change=lambda: None,
-                 poll: float = 1.0):
+                 poll: float = 1.0, machine: Machine | None = None, access: Access | None = None):
         self.manager = manager
+        self.machine = machine or Machine()
         self.name = manager.name
         self.run_dir = run_dir
         self.tokens = tokens
-        self.access = Access(state_dir, tokens)  # the daemon reaches it too (sessions, certificates)
+        self.access = access or Access(state_dir, tokens)  # the daemon reaches it too (sessions, certificates)
         self.changed = on_change
         self.poll = poll
         self.servers: dict[str, Server] = {}
@@ -130,7 +128,7 @@ class ManagedBackend:
     async def open(self) -> None:
         ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
         for name in await self.manager.open():
-            self.servers[name] = Server(name, None)
+            self.servers[name] = Server(name, None, since=self.machine.now())
             log.info("%s: found under %s, left by an earlier notebookd", name, self.name)
         await self._look_once()
         self._task = asyncio.create_task(self._poll_loop(), name=f"{self.name}-poll")
@@ -146,9 +144,11 @@ class ManagedBackend:
         server = self.servers.get(spec.name)
         if server is not None and server.spec is not None and server.spec != spec:
             return await self.restart(spec)
-        server = server or self.servers.setdefault(spec.name, Server(spec.name, spec))
+        server = server or self.servers.setdefault(spec.name, Server(spec.name, spec, since=self.machine.now()))
         async with self._busy(server):
             server.spec, server.wanted = spec, True
+            if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP):
+                self._set_state(server, S.STARTING, f"asking {self.name}")
             changed = await self.manager.install(spec, self.access)
             if changed and server.obs.state not in ("stopped", "gave_up"):
                 log.info("%s: definition changed, restarting it", spec.name)
@@ -177,6 +177,7 @@ class ManagedBackend:
             await self._stop_now(server)
             server.spec = spec
             server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
+            self._set_state(server, S.STARTING, f"asking {self.name}")
             await self.manager.install(spec, self.access)
             await self.manager.start(spec.name)
             server.retry_at = 0.0
@@ -198,7 +199,7 @@ class ManagedBackend:
         for name, s in self.servers.items():
             spec = s.spec
             rows[name] = ServerStatus(
-                name=name, state=s.state, port=spec.port if spec else None,
+                name=name, state=s.state.value, port=spec.port if spec else None,
                 url=spec.url(self.address(name)) if spec else None,
                 pid=s.obs.pid if s.obs.state == "up" else None, since=s.since, started=s.started,
                 restarts=s.restarts, memory=s.obs.memory if s.obs.state == "up" else None,
@@ -235,8 +236,9 @@ class ManagedBackend:
     # -- actions --
     @contextlib.asynccontextmanager
     async def _busy(self, server: Server):
-        """Marks an action under way; a manager's refusal becomes the server's last error (shown in
-        `status`, logged), never an exception that would take the daemon down with it."""
+        """Marks an action under way (the poller then leaves the server's state to it); a manager's
+        refusal becomes the server's last error (shown in `status`, logged), never an exception that
+        would take the daemon down with it."""
         server.busy += 1
         try:
             yield
@@ -246,33 +248,35 @@ class ManagedBackend:
                 server.last_error = str(exc)  # jupyter.command: "command 'x' not found in PATH ..."
             log.error("%s: %s", server.name, server.last_error)
             if server.spec is not None:
-                server.retry_at = time.time() + server.spec.restart.backoff_max
+                server.retry_at = self.machine.now() + server.spec.restart.backoff_max
             self.changed()
         finally:
             server.busy -= 1
 
-    async def _stop_now(self, server: Server) -> None:
+    async def _stop_now(self, server: Server, why: str = "stop requested") -> None:
         """The manager stops the server (its process group or cgroup); then every process that carries
-        the server's marker goes too: kernels start their own sessions, out of supervisord's reach."""
-        if server.obs.state != "stopped":
-            self._set_state(server, "stopping")
+        the server's marker goes too: kernels start their own sessions, out of supervisord's reach.
+        Ends STOPPED, or BACKOFF when the server is still wanted (a restart follows)."""
+        if server.state in (S.STARTING, S.RUNNING):
+            self._set_state(server, S.STOPPING, why)
         await self.manager.stop(server.name)
         uid = self._uid(server) if self.local else None
         if uid is not None:
-            grace = server.spec.settings.stop_timeout if server.spec else 10.0
-            killed = await procs.stop_tree(None, uid, launch.marker(server.name, self.run_dir), grace)
+            grace = (server.spec.settings if server.spec else ServerSettings()).stop_timeout
+            killed = await self.machine.stop_tree(None, uid, launch.marker(server.name, self.run_dir), grace)
             if killed:
                 log.warning("%s: ended processes the manager left behind: %s", server.name,
                             ", ".join(map(str, killed)))
         server.ready_pid = server.started = None
+        if server.state is S.STOPPING:
+            self._set_state(server, S.BACKOFF if server.wanted else S.STOPPED, "restarting" if server.wanted else "")
+        elif server.state is not S.STOPPED and not server.wanted:
+            self._set_state(server, S.STOPPED)
 
     def _uid(self, server: Server) -> int | None:
         if server.spec is not None:
             return server.spec.account.uid
-        try:
-            return pwd.getpwnam(server.name).pw_uid
-        except KeyError:
-            return None
+        return self.machine.uid_of(server.name)
 
     # -- watching --
     async def _poll_loop(self) -> None:
@@ -291,7 +295,7 @@ class ManagedBackend:
             if not names:
                 return
             seen = await self.manager.observe(names)
-            if self.local and time.monotonic() - self._memory_at > 5:
+            if self.local and self.machine.monotonic() - self._memory_at > MEMORY_EVERY:
                 self._fill_memory(seen)
             for name, obs in seen.items():  # keep the last figure between two counts
                 if obs.memory is None and name in self.servers and obs.pid == self.servers[name].obs.pid:
@@ -300,18 +304,17 @@ class ManagedBackend:
                                    for n in names if n in self.servers))
 
     def _fill_memory(self, seen: dict[str, Observed]) -> None:
-        self._memory_at = time.monotonic()
+        self._memory_at = self.machine.monotonic()
         for name, obs in seen.items():
             server = self.servers.get(name)
             if obs.memory is not None or not obs.pid or server is None:
                 continue
             uid = self._uid(server)
             if uid is not None:
-                obs.memory = procs.tree_memory(procs.server_processes(obs.pid, uid,
-                                                                      launch.marker(name, self.run_dir)))
+                obs.memory = self.machine.memory(obs.pid, uid, launch.marker(name, self.run_dir))
 
     async def _update(self, s: Server, obs: Observed) -> None:
-        now = time.time()
+        now = self.machine.now()
         old_pid = s.last_pid
         s.obs = obs
         if old_pid is not None and obs.pid != old_pid and s.wanted and not s.busy and not s.planned:
@@ -327,13 +330,16 @@ class ManagedBackend:
                 s.crashed = False
             s.pid_seen, s.ready_pid, s.health_failures = now, None, 0
             if old_pid is not None and not s.busy:
+                if s.state is S.RUNNING:  # even if the new one answers at once: its uptime starts again
+                    self._set_state(s, S.BACKOFF, f"pid {old_pid} went away; {self.name} started pid {obs.pid}")
                 await self._end_strays(s, keep=obs.pid)
         elif not obs.pid and old_pid is not None and not s.busy:
             await self._end_strays(s, keep=None)  # it exited: its kernels must not outlive it
         s.last_pid = obs.pid if obs.state == "up" else None
         if obs.state == "up" and s.spec is not None:
             await self._probe(s, now)
-        self._set_state(s, self._state_of(s))
+        if not s.busy:  # an action under way owns the state until it is done
+            self._set_state(s, self._state_of(s), self._why_moved(s))
         if obs.state in ("backoff", "gave_up") or (obs.error and obs.state != "up"):
             s.last_error = self._why_down(s)
         if s.busy or not s.wanted:
@@ -371,8 +377,7 @@ class ManagedBackend:
     async def _probe(self, s: Server, now: float) -> None:
         spec = s.spec
         if s.ready_pid != s.obs.pid:
-            code = await http_status(s.obs.host or spec.ip, spec.port, spec.base_url + "api", timeout=2,
-                                     tls=spec.tls.enabled)
+            code = await self.machine.probe(spec, READY_PROBE_TIMEOUT, s.obs.host)
             if code == 200:
                 s.ready_pid, s.started, s.last_error = s.obs.pid, min(now, s.obs.since or now), None
                 s.next_probe = now + spec.health.interval
@@ -381,15 +386,15 @@ class ManagedBackend:
             elif now - s.pid_seen > spec.settings.start_timeout and not s.busy and s.wanted:
                 if s.timed:
                     self.stats.spawned(now - s.pid_seen, ok=False)
-                s.last_error = f"not ready after {spec.settings.start_timeout:g}s (last probe: {code})"
+                s.last_error = probe.not_ready(spec.settings.start_timeout, code)
                 log.warning("%s: %s; restarting it", s.name, s.last_error)
-                await self._act(s, self._restart_by_manager(s, "exit"))  # as native counts a start never ready
+                # counted as "exit", as native counts a start never ready
+                await self._act(s, self._restart_by_manager(s, "exit", s.last_error))
             return
         if now < s.next_probe or s.busy:
             return
         s.next_probe = now + spec.health.interval
-        code = await http_status(s.obs.host or spec.ip, spec.port, spec.base_url + "api", spec.health.timeout,
-                                 tls=spec.tls.enabled)
+        code = await self.machine.probe(spec, spec.health.timeout, s.obs.host)
         if code == 200:
             s.health_failures = 0
             return
@@ -397,18 +402,19 @@ class ManagedBackend:
             return
         s.health_failures += 1
         self.stats.health_failed(s.name)
-        s.last_error = f"health check failed ({s.health_failures}/{spec.health.failures}): {code}"
+        s.last_error = probe.unhealthy(s.health_failures, spec.health.failures, code)
         log.warning("%s: %s", s.name, s.last_error)
         if s.health_failures >= spec.health.failures and s.wanted:
-            await self._act(s, self._restart_by_manager(s, "unhealthy"))
+            await self._act(s, self._restart_by_manager(s, "unhealthy", f"unhealthy: {code}"))
 
-    async def _restart_by_manager(self, s: Server, reason: str) -> None:
+    async def _restart_by_manager(self, s: Server, reason: str, why: str) -> None:
         """notebookd's own restart (never ready, unhealthy): counted now, so a restart asked for meanwhile
-        (a reload) cannot hide it; its new process is then one we asked for."""
+        (a reload) cannot hide it; its new process is then one we asked for. `reason`: the metrics'
+        label; `why`: the state change's, in the log."""
         s.restarts += 1
         self.stats.restarted(s.name, reason)
         s.planned = True
-        await self._stop_now(s)
+        await self._stop_now(s, why)
         await self.manager.start(s.name)
 
     async def _end_strays(self, s: Server, keep: int | None) -> None:
@@ -416,34 +422,33 @@ class ManagedBackend:
         uid = self._uid(s) if self.local else None
         if uid is None:
             return
-        mark = launch.marker(s.name, self.run_dir)
-        current = set()
-        if keep:
-            with contextlib.suppress(psutil.Error):
-                current = {keep} | {c.pid for c in psutil.Process(keep).children(recursive=True)}
-        strays = [p for p in procs.server_processes(None, uid, mark) if p.pid not in current]
-        if not strays:
-            return
-        log.warning("%s: ending processes its last run left behind: %s", s.name, ", ".join(str(p.pid) for p in strays))
-        for p in strays:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        await procs.wait_gone(strays, 5.0)
+        killed = await self.machine.end_strays(uid, launch.marker(s.name, self.run_dir), keep)
+        if killed:
+            log.warning("%s: ended processes its last run left behind: %s", s.name, ", ".join(map(str, killed)))
 
-    def _state_of(self, s: Server) -> str:
+    def _state_of(self, s: Server) -> ServerState:
+        """The manager's view, in notebookd's states."""
         o = s.obs.state
-        if o == "stopped" and s.wanted and s.retry_at:
-            return "backoff"  # could not be installed or started: tried again every backoff_max
         if o == "up":
-            return "running" if s.ready_pid == s.obs.pid else "starting"
+            return S.RUNNING if s.ready_pid == s.obs.pid else S.STARTING
         if o == "gave_up":
-            return "crashloop" if s.wanted else "stopped"
-        return o
+            return S.CRASHLOOP if s.wanted else S.STOPPED
+        if o == "stopped":
+            # wanted but down: notebookd starts it again, at once or (after a failed install or start) every
+            # backoff_max; nobody restarts a server that is not wanted
+            return S.BACKOFF if s.wanted and s.spec is not None and s.state is not S.STOPPED else S.STOPPED
+        return _OBSERVED[o]
+
+    def _why_moved(self, s: Server) -> str:
+        if s.obs.state == "up":
+            return f"pid {s.obs.pid}" + (f", port {s.spec.port}" if s.spec else f", found under {self.name}")
+        return s.obs.last_exit or s.obs.error or ""
 
     def _why_down(self, s: Server) -> str:
         spec = s.spec
-        if spec is not None and port_holder(spec.ip, spec.port):
-            return f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}"
+        holder = self.machine.port_user(spec.ip, spec.port) if spec is not None else None
+        if holder:
+            return f"port {spec.port} on {spec.ip} is in use by {holder}"
         if s.obs.last_exit and s.obs.error:
             return f"{s.obs.last_exit} ({s.obs.error})"
         return s.obs.last_exit or s.obs.error or s.last_error or f"{self.name}: {s.obs.state}"
@@ -454,10 +459,19 @@ class ManagedBackend:
         except BackendError as exc:
             log.error("%s: %s", self.name, exc)
 
-    def _set_state(self, s: Server, state: str) -> None:
-        if state != s.state:
-            log.info("%s: %s -> %s", s.name, s.state, state)
-            s.state, s.since = state, time.time()
-            if state != "running":
-                s.started = None if state != "stopping" else s.started
+    def _set_state(self, s: Server, state: ServerState, why: str = "") -> None:
+        """The one place a managed server's state changes: every move is one the table allows
+        (model.path walks through states a poll may have missed, and logs each)."""
+        for step in path(s.name, s.state, state):
+            log.info("%s: %s -> %s%s", s.name, s.state.value, step.value, f" ({why})" if why else "")
+            s.state, s.since = step, self.machine.now()
+            if step not in (S.RUNNING, S.STOPPING):
+                s.started = None
             self.changed()
+
+
+S = ServerState
+# the manager's own states that map one to one
+_OBSERVED = {"starting": S.STARTING, "stopping": S.STOPPING, "backoff": S.BACKOFF}
+READY_PROBE_TIMEOUT = 2.0  # a starting server is probed often: a short timeout, it is asked again soon
+MEMORY_EVERY = 5.0  # seconds between two memory counts (a walk over /proc for every server)

@@ -12,11 +12,10 @@ import contextlib
 import logging
 import os
 import pwd
-import signal
 import subprocess
 import time
 
-from notebookd import jupyter, launcher, procs
+from notebookd import activity, jupyter, kernelspecs, launcher, probe, procs
 from notebookd.access import Access, NotReady
 from notebookd.fds import Throttle
 from notebookd.forkserver import ForkError, ForkServer
@@ -25,7 +24,7 @@ from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
 from notebookd.listeners import PortTaken, SocketBook
-from notebookd.ports import port_holder
+from notebookd.ports import describe_holder, port_holder
 from notebookd.probe import Unprobed, http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.stats import Stats, restart_reason
@@ -38,17 +37,6 @@ S = ServerState
 
 class SpawnError(Exception):
     """The server could not even be started (a problem the admin must fix, or wait out)."""
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exited (status unknown: adopted from an earlier notebookd)"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class NativeServer:
@@ -66,7 +54,10 @@ class NativeServer:
         self.last_error: str | None = None
         self.last_exit: str | None = None
         self.health_failures = 0
+        self.idled = False  # stopped for idleness (not by a stop): goes back to IDLE
+        self.last_active: float | None = None
         self._urgent = False  # asked for (start/restart, crash or health restart): goes before bulk starts
+        self._on_demand = spec.settings.start == "on-demand"  # next start waits in IDLE for a connection
         self._want = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -96,7 +87,11 @@ class NativeServer:
     # -- commands from the backend --
     def start(self, urgent: bool = False) -> None:
         self._urgent = urgent
+        # an admin's `notebookd start` starts even an on-demand server now
+        self._on_demand = self.spec.settings.start == "on-demand" and not urgent
         self._want = True
+        if urgent and self.state is S.IDLE:
+            self._wake.set()  # out of the wait for a connection, into a start
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.spec.name}")
 
@@ -110,12 +105,19 @@ class NativeServer:
     async def _supervise(self) -> None:
         try:
             while self._want:
+                if self._on_demand and self.spec.name not in self.host.leftovers \
+                        and self.host.hands_socket(self.spec) and not await self._wait_for_connection():
+                    break
+                self.idled = False
                 try:
                     failure = await self._run_once()
                 except Exception as exc:  # noqa: BLE001 - a bug here ends no server for good, and no one else's
                     failure = await self._recover(exc)
                 if not self._want:
                     break
+                if failure is None:  # stopped for idleness: the next connection starts it again
+                    self._on_demand = True
+                    continue
                 self.failures += 1
                 self._urgent = True  # the restart after a crash or failed health checks
                 self.last_error = failure
@@ -155,10 +157,7 @@ class NativeServer:
         return why
 
     def _backoff(self) -> float:
-        r = self.spec.restart
-        if self.failures >= r.crashloop_after:
-            return r.backoff_max
-        return min(r.backoff_max, r.backoff_min * 2 ** (self.failures - 1))
+        return self.spec.restart.delay(self.failures)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return early (True) when woken by a stop/restart."""
@@ -219,7 +218,8 @@ class NativeServer:
         ran = time.time() - self.started
         self.started = None
         if outcome is None:
-            await self._terminate("stop requested")
+            await self._terminate(f"idle for {self.spec.settings.idle.stop_after:g}s" if self.idled
+                                  else "stop requested")
             return None
         if ran >= self.spec.restart.reset_after:
             self.failures = 0
@@ -227,6 +227,48 @@ class NativeServer:
             await self._terminate(outcome)
         await self._reap_strays()
         return outcome
+
+    async def _wait_for_connection(self) -> bool:
+        """IDLE: the socket held, no process, until a client connects (True) or a stop comes (False).
+        The daemon only sees that the socket is readable; the server it starts accepts the connection."""
+        try:
+            sock = self._hold_socket()
+        except SpawnError as exc:  # the port is taken: the start fails (and retries) as usual
+            self.last_error = str(exc)
+            return True
+        self._transition(S.IDLE, "waits for a connection")
+        self._wake.clear()
+        loop = asyncio.get_running_loop()
+        pending = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: pending.done() or pending.set_result(None))
+        try:
+            async with self._woken() as waker:
+                await asyncio.wait([pending, waker], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(sock.fileno())
+        if not pending.done() and not (self._want and not self._on_demand):
+            return False  # a stop (or a restart, which comes back here)
+        self._urgent = True  # someone is waiting for it
+        self._on_demand = False
+        return True
+
+    async def _idle_for(self) -> float | None:
+        """How long the server has had no activity by jupyter's account, or None if it is active (or
+        cannot tell): `last_activity`, open connections and busy kernels, from `activity.ask` (the
+        same question metrics and status ask, here at the pace of the health check)."""
+        spec = self.spec
+        if spec.settings.auth == "password":
+            return None  # no token to ask with: never stopped for idleness (README)
+        try:
+            token = self.host.tokens.get(spec.name)
+        except OSError:
+            return None
+        found = await activity.ask(spec, token)
+        if isinstance(found, str) or found.last_activity is None or found.busy is None:
+            return None
+        if found.connections or found.busy:
+            return None
+        return time.time() - max(found.last_activity, self.started or 0)
 
     async def _wait_ready(self) -> str:
         """'ready', 'stop', or why the server never became ready."""
@@ -246,7 +288,7 @@ class NativeServer:
                     deadline += pause
                     self.host.throttle.warn("probe", "%s: %s", spec.name, status)
                 if time.monotonic() > deadline:
-                    return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
+                    return probe.not_ready(spec.settings.start_timeout, status)
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
                 # short: the server holds a start slot until it is seen ready (a probe is cheap)
                 pause = min(pause * 1.5, 0.25)
@@ -266,13 +308,20 @@ class NativeServer:
                                            tls=self.spec.tls.enabled)
                 if status == 200:
                     self.health_failures = 0
+                    stop_after = self.spec.settings.idle.stop_after
+                    if stop_after is not None:
+                        idle = await self._idle_for()
+                        self.last_active = None if idle is None else time.time() - idle
+                        if idle is not None and idle >= stop_after:
+                            self.idled = True
+                            return None
                     continue
                 if isinstance(status, Unprobed):
                     self.host.throttle.warn("probe", "%s: %s", self.spec.name, status)
                     continue
                 self.health_failures += 1
                 self.host.stats.health_failed(self.spec.name)
-                self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
+                self.last_error = probe.unhealthy(self.health_failures, health.failures, status)
                 log.warning("%s: %s", self.spec.name, self.last_error)
                 self.host.changed()
                 if self.health_failures >= health.failures:
@@ -288,7 +337,7 @@ class NativeServer:
             waker.cancel()
 
     def _exit_reason(self, when: str) -> str:
-        self.last_exit = describe_exit(self._exit.result())
+        self.last_exit = procs.describe_exit(self._exit.result())
         return f"{self.last_exit} {when}".strip()
 
     # -- processes --
@@ -302,11 +351,18 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
         if not os.path.isdir(spec.root_dir):
             raise SpawnError(f"root_dir {spec.root_dir} does not exist")
-        listener = self._hold_socket()
         try:
             words = jupyter.command(spec)
         except FileNotFoundError as exc:
             raise SpawnError(str(exc)) from None
+        python = None if spec.settings.spawn == "fork" else launcher.python_of(words, jupyter.interpreter(words[0]))
+        if spec.settings.spawn == "fork" or python:
+            listener = self._hold_socket()
+        else:  # not a Python we can hand a socket to (a shell wrapper...): it binds its port itself
+            listener = None
+            self.host.sockets.release(spec.name)
+            if port_holder(spec.ip, spec.port):
+                raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
 
         files = self.host.server_files(spec)
         try:  # token, password hash, TLS key: each readable by this user only (access.py)
@@ -329,14 +385,12 @@ class NativeServer:
                     (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep,
                     listener.fileno(), drain)
             else:
-                try:
-                    argv = launcher.wrap(argv, listener.fileno(), drain, jupyter.interpreter(words[0]))
-                except ValueError as exc:
-                    raise SpawnError(str(exc)) from None
+                if listener is not None:
+                    argv = launcher.wrap(argv, listener.fileno(), drain, python)
                 popen = subprocess.Popen(
                     argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    pass_fds=(keep, listener.fileno()), start_new_session=True, umask=0o077, close_fds=True,
-                    **identity,
+                    pass_fds=(keep, listener.fileno()) if listener is not None else (keep,), start_new_session=True,
+                    umask=0o077, close_fds=True, **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
@@ -376,12 +430,12 @@ class NativeServer:
         if self._exit is not None and not self._exit.done():
             await self._exit
         if self._exit is not None:
-            self.last_exit = describe_exit(self._exit.result())
+            self.last_exit = procs.describe_exit(self._exit.result())
         self.host.records.remove(self.spec.name)
 
     async def _reap_strays(self) -> None:
         """After an unplanned exit, end its orphaned kernels before the next start."""
-        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker, 2.0)
+        killed = await procs.end_strays(self.spec.account.uid, self.marker)
         if killed:
             log.warning("%s: killed stray processes %s", self.spec.name, ", ".join(map(str, killed)))
 
@@ -449,7 +503,7 @@ class NativeBackend:
             "config": os.path.join(base, "jupyter_server_config.json"),
             "token": os.path.join(base, "token"),
             "runtime": os.path.join(base, "runtime"),
-            "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
+            "share": kernelspecs.share_dir(self.run_dir),  # shared kernels (kernelspecs.py)
         }
 
     def _sink(self, spec: ServerSpec) -> RotatingFile:
@@ -539,6 +593,16 @@ class NativeBackend:
             self._close_pipe(server)
         self.sockets.release(name)  # the port is free the moment the user is no longer configured
 
+    def hands_socket(self, spec: ServerSpec) -> bool:
+        """Whether this user's server can be handed a socket: fork, or a Python command (launcher.py)."""
+        if spec.settings.spawn == "fork":
+            return True
+        try:
+            words = jupyter.command(spec)
+        except FileNotFoundError:
+            return False
+        return launcher.python_of(words, jupyter.interpreter(words[0])) is not None
+
     def hold_sockets(self, specs: dict[str, ServerSpec]) -> dict[str, str]:
         """Hold the socket of every configured user, servers up or not (held stopped by an admin
         too); returns why a user's could not be held. Running servers' sockets are held already."""
@@ -548,6 +612,8 @@ class NativeBackend:
             if server is not None and server.wanted:
                 continue  # its own start holds it (or takes it back from an adopted process)
             leftover = self.leftovers.get(name)
+            if not self.hands_socket(spec):
+                continue
             try:
                 self.sockets.hold(name, spec.ip, spec.port, leftover.pid if leftover else None)
             except PortTaken as exc:

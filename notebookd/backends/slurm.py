@@ -109,12 +109,15 @@ set -o pipefail
 mark={_q(run.marker)}
 sweep() {{
     # every process of this server that is still there (kernels start their own sessions, and
-    # proctrack/linuxproc does not follow a kernel whose server died)
-    local d p
-    for d in /proc/[0-9]*; do
-        p=${{d#/proc/}}
-        [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] && continue
-        tr '\\0' '\\n' < "$d/environ" 2>/dev/null | grep -qxF "NOTEBOOKD_SERVER=$mark" && kill -KILL "$p" 2>/dev/null
+    # proctrack/linuxproc does not follow a kernel whose server died); one grep over every environ
+    # it may read, as a fork per process would take seconds on a busy node
+    local f p pass
+    for pass in 1 2; do
+        for f in $(grep -lzxF -- "NOTEBOOKD_SERVER=$mark" /proc/[0-9]*/environ 2>/dev/null); do
+            p=${{f#/proc/}}
+            p=${{p%/environ}}
+            [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+        done
     done
 }}
 server() {{
@@ -436,6 +439,8 @@ class SlurmManager:
             end = describe_end(job) if job is not None else f"job {jid} is gone (ended while notebookd was away)"
             self.last_end[name] = end
             self._drop(name)
+            if job is None:  # squeue no longer knows it; should it still run after all, it must not meet the next
+                await self._cancel_quietly(jid)
             spec = spec_of(self, name)
             if spec is not None and (job is None or job.state != "TIMEOUT"):
                 backoff = self.backoff.setdefault(name, Backoff())
@@ -455,6 +460,12 @@ class SlurmManager:
             state = "gave_up" if spec is not None and backoff.gave_up(spec) else "backoff"
             return Observed(state, last_exit=self.last_end.get(name))
         return Observed("stopped", last_exit=self.last_end.get(name))
+
+    async def _cancel_quietly(self, jid: str) -> None:
+        try:
+            await self._run(["scancel", jid])
+        except BackendError:
+            pass  # an unknown id is the usual answer
 
     async def _submit_safely(self, name: str) -> None:
         try:

@@ -17,7 +17,7 @@ import re
 import shlex
 import time
 
-from notebookd import launch
+from notebookd import launch, procs
 from notebookd.access import Access
 from notebookd.backends import xmlrpc
 from notebookd.backends.base import BackendError
@@ -191,7 +191,7 @@ class SupervisorManager:
             exit_ = None
             # a quick exit (before startsecs) has no exit status in supervisord, only its spawnerr
             if info["stop"] and state != "up" and not info["spawnerr"]:
-                exit_ = f"exit status {info['exitstatus']}" if info["exitstatus"] >= 0 else "killed by a signal"
+                exit_ = procs.describe_exit(info["exitstatus"] if info["exitstatus"] >= 0 else None)
             seen[name] = Observed(
                 state=state, pid=info["pid"] or None if state == "up" else None,
                 since=info["start"] or now, last_exit=exit_, error=info["spawnerr"] or None,

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 
-from notebookd import launch
+from notebookd import launch, procs
 from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
@@ -148,15 +148,12 @@ def dropin(spec: ServerSpec, run: launch.Launch, token_source: str) -> str:
 
 
 def _describe_exit(code: str, status: str) -> str:
-    if code == "1":
-        return f"exit status {status}"
-    import signal
-
+    """systemd's ExecMainCode (CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3) and ExecMainStatus, in procs' words."""
     try:
-        name = signal.Signals(int(status)).name
+        number = int(status)
     except ValueError:
-        name = f"signal {status}"
-    return f"killed by {name}" + (" (core dumped)" if code == "3" else "")
+        return procs.describe_exit(None)
+    return procs.describe_exit(number if code == "1" else -number, core=code == "3")
 
 
 class SystemdManager:
