@@ -16,10 +16,10 @@ import signal
 import subprocess
 import time
 
-from notebookd import jupyter, procs
+from notebookd import launch, procs
 from notebookd.access import Access, NotReady
-from notebookd.forkserver import ForkError, ForkServer
-from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.forkserver import REPORT_TIMEOUT, ForkError, ForkServer
+from notebookd.fsutil import ensure_dir
 from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
@@ -88,7 +88,7 @@ class NativeServer:
 
     @property
     def marker(self) -> str:
-        return self.host._marker(self.spec.name)
+        return launch.marker(self.spec.name, self.host.run_dir)
 
     # -- commands from the backend --
     def start(self, urgent: bool = False) -> None:
@@ -259,43 +259,36 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} no longer exists") from None
         if now.pw_uid != acc.uid:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
-        if not os.path.isdir(spec.root_dir):
-            raise SpawnError(f"root_dir {spec.root_dir} does not exist")
         if port_holder(spec.ip, spec.port):
             raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
-        try:
-            words = jupyter.command(spec)
-        except FileNotFoundError as exc:
-            raise SpawnError(str(exc)) from None
-
-        files = self.host.server_files(spec)
-        try:  # token, password hash, TLS key: each readable by this user only (access.py)
-            access = self.host.access.install(spec, os.path.dirname(files["config"]), self.host.root_uid)
+        fork = spec.settings.spawn == "fork"
+        try:  # the template child reports a root_dir it cannot enter itself: no check needed for it
+            run = await launch.prepare(spec, self.host.run_dir, self.host.access, system=self.host.system,
+                                       check_root_dir=not fork)
         except NotReady as exc:
             raise SpawnError(str(exc)) from None
-        jupyter.write_config(files["config"], spec, jupyter.server_kind(words), access, self.host.root_uid, acc.gid)
-        ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
-        argv = jupyter.argv(spec, files["config"], words)
-        env = jupyter.environment(spec, files, self.marker, access)
         identity = {}
         if self.host.system:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
         out, keep = self.pipe.writer_fds()
         try:
-            if spec.settings.spawn == "fork":  # the same argv, env, identity: see forkserver.py
+            if fork:  # the same argv, env, identity: see forkserver.py
                 self.proc = await self.host.fork_server().spawn(
-                    argv[len(words):], env, spec.root_dir,
+                    list(run.args), run.env, run.cwd,
                     (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep)
             else:
+                # Popen's cwd= would chdir as root, before the identity change: a user's symlink would
+                # take the server into a directory only root may enter. The cd runs as the user.
                 popen = subprocess.Popen(
-                    argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    pass_fds=(keep,), start_new_session=True, umask=0o077, close_fds=True, **identity,
+                    [*launch.enter(run.cwd), *run.argv], env=run.env, cwd="/", stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=out, pass_fds=(keep,), start_new_session=True, umask=0o077,
+                    close_fds=True, **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
             raise SpawnError(str(exc)) from None
         except OSError as exc:
-            raise SpawnError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            raise SpawnError(f"cannot run {run.argv[0]}: {exc.strerror or exc}") from None
         finally:
             os.close(out)
             os.close(keep)
@@ -309,7 +302,8 @@ class NativeServer:
     async def _terminate(self, why: str) -> None:
         if self.state is not S.STOPPING:
             self._transition(S.STOPPING, why)
-        killed = await procs.stop_tree(self.pid, self.spec.account.uid, self.marker, self.spec.settings.stop_timeout)
+        killed = await procs.stop_tree(self.pid, self.spec.account.uid, self.marker, self.spec.settings.stop_timeout,
+                                       self.host.proc_table)
         if killed:
             log.warning("%s: needed SIGKILL for pid(s) %s", self.spec.name, ", ".join(map(str, killed)))
         if self._exit is not None and not self._exit.done():
@@ -320,7 +314,7 @@ class NativeServer:
 
     async def _reap_strays(self) -> None:
         """After an unplanned exit, end its orphaned kernels before the next start."""
-        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker, 2.0)
+        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker, 2.0, self.host.proc_table)
         if killed:
             log.warning("%s: killed stray processes %s", self.spec.name, ", ".join(map(str, killed)))
 
@@ -350,6 +344,7 @@ class NativeBackend:
         self._fork_server: ForkServer | None = None
         self.changed = on_change
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
+        self.proc_table = procs.ProcessTable()  # one look at /proc for the stops that start together
 
     async def open(self) -> None:
         ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
@@ -363,7 +358,10 @@ class NativeBackend:
     def fork_server(self) -> ForkServer:
         """The template for `spawn: fork`, started on first use."""
         if self._fork_server is None:
-            self._fork_server = ForkServer()
+            # tests only: a shorter deadline, and a fork child of this uid that stops itself before its report
+            stop = os.environ.get("NOTEBOOKD_TEST_FORK_STOP_UID")
+            deadline = float(os.environ.get("NOTEBOOKD_TEST_FORK_REPORT_TIMEOUT", REPORT_TIMEOUT))
+            self._fork_server = ForkServer(report_timeout=deadline, stop_uid=int(stop) if stop else None)
         return self._fork_server
 
     def _close_fork_server(self) -> None:
@@ -372,22 +370,6 @@ class NativeBackend:
             self._fork_server = None
 
     # -- files --
-    def server_files(self, spec: ServerSpec) -> dict[str, str]:
-        base = os.path.join(self.run_dir, "servers", spec.name)
-        ensure_dir(base, 0o750, self.root_uid, spec.account.gid)
-        # jupyter_core migrates ~/.ipython config once and marks that by writing this file into
-        # the config dir, which is ours and read-only to the user: without it every start after
-        # the first kernel (which creates ~/.ipython) would fail.
-        migrated = os.path.join(base, "migrated")
-        if not os.path.exists(migrated):
-            write_atomic(migrated, b"", 0o644, self.root_uid, spec.account.gid)
-        return {
-            "config": os.path.join(base, "jupyter_server_config.json"),
-            "token": os.path.join(base, "token"),
-            "runtime": os.path.join(base, "runtime"),
-            "share": os.path.join(self.run_dir, "share"),  # shared kernels (kernelspecs.py)
-        }
-
     def log_pipe(self, spec: ServerSpec) -> LogPipe:
         ensure_dir(spec.logs.dir, 0o755)
         sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
@@ -405,9 +387,6 @@ class NativeBackend:
     def claim(self, name: str) -> Record | None:
         """The record of a live server left by an earlier daemon for this user, once."""
         return self.leftovers.pop(name, None)
-
-    def _marker(self, name: str) -> str:
-        return f"{name}@{self.run_dir}"
 
     # -- the Backend contract --
     def names(self) -> set[str]:
@@ -455,7 +434,7 @@ class NativeBackend:
 
             log.info("%s: stopping server pid %d: no longer configured", name, leftover.pid)
             uid = psutil.Process(leftover.pid).uids().real if leftover.alive() else -1
-            await procs.stop_tree(leftover.pid, uid, self._marker(name), 10.0)
+            await procs.stop_tree(leftover.pid, uid, launch.marker(name, self.run_dir), 10.0)
             self.records.remove(name)
         server = self.servers.pop(name, None)
         if server is not None:
