@@ -13,7 +13,7 @@ import sys
 import time
 
 from notebookd import __version__
-from notebookd import control, paths
+from notebookd import commands, control, paths
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -37,41 +37,17 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"config file (default: $NOTEBOOKD_CONFIG or {paths.SYSTEM_CONFIG}; "
                         "for non-root users ~/.config/notebookd/notebookd.yaml)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-
-    sub.add_parser("run", help="run the daemon in the foreground (as root: every configured user; "
-                               "as a user: your own server)")
-    s = sub.add_parser("status", help="show every server (exit 0: all running, 3: not all, 4: no daemon)")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("users", nargs="*", metavar="USER")
-    sub.add_parser("check-config", help="check the config file and this machine against it")
-    for verb in ("start", "stop", "restart"):
-        c = sub.add_parser(verb, help=f"{verb} the servers of these users")
-        c.add_argument("users", nargs="+", metavar="USER")
-    sub.add_parser("reload", help="re-read the config and apply the difference")
-    sd = sub.add_parser("shutdown", help="stop every server and the daemon")
-    sd.add_argument("--keep-servers", action="store_true",
-                    help="exit leaving every server running, for a restart or upgrade of notebookd: "
-                         "the next daemon adopts them")
-    lg = sub.add_parser("logs", help="show a user's server log")
-    lg.add_argument("user", nargs="?", metavar="USER", help="default: yourself")
-    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    lg.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="last N lines (default 50)")
-    u = sub.add_parser("url", help="print the URL with token of your server (root: any or all)")
-    u.add_argument("users", nargs="*", metavar="USER")
-    t = sub.add_parser("token", help="print your server's token; --rotate replaces it and restarts the server")
-    t.add_argument("user", nargs="?", metavar="USER", help="default: yourself (root: name one)")
-    t.add_argument("--rotate", action="store_true", help="make a new token (the old one stops working)")
-    pw = sub.add_parser("passwd", help="set the password of your server (asked twice; or one line on stdin)")
-    pw.add_argument("user", nargs="?", metavar="USER", help="default: yourself (root: name one)")
-    r = sub.add_parser("render", help="print config for a reverse proxy in front of the servers")
-    r.add_argument("what", choices=["nginx"], help="the proxy (nginx)")
+    for command in commands.COMMANDS:
+        c = sub.add_parser(command.name, help=command.help)
+        for a in command.args:
+            c.add_argument(*a.flags, **a.options)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return globals()["cmd_" + args.command.replace("-", "_")](args)
     except CliError as exc:
         print(f"notebookd: {exc}", file=sys.stderr)
         return exc.code
@@ -167,8 +143,13 @@ def format_status(daemon: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# What a server writes may hold terminal escapes: shown to root as visible text, never interpreted.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))})  # bidi
+
+
 def _one_line(text: str, limit: int = 100) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text.split()).translate(_ESCAPES)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -331,18 +312,4 @@ def cmd_render(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {
-    "run": cmd_run,
-    "status": cmd_status,
-    "check-config": cmd_check_config,
-    "start": cmd_act,
-    "stop": cmd_act,
-    "restart": cmd_act,
-    "reload": cmd_reload,
-    "shutdown": cmd_shutdown,
-    "logs": cmd_logs,
-    "url": cmd_url,
-    "token": cmd_token,
-    "passwd": cmd_passwd,
-    "render": cmd_render,
-}
+cmd_start = cmd_stop = cmd_restart = cmd_act

@@ -7,6 +7,7 @@ change anything go through the same lock, so reconcile steps never interleave.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -15,16 +16,19 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import __version__, config as configmod, desired as desiredmod, kernelspecs, launch, reconcile
+from notebookd import __version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, reconcile
 from notebookd.access import uses_password, uses_token
 from notebookd.backends import factory
 from notebookd.backends.base import Backend, BackendError
+from notebookd.commands import REQUESTS, ROOT
 from notebookd.control import Peer, Refused, serve
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerStatus
 from notebookd.notify import Notifier
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
+from notebookd.ports import PortBookError
+from notebookd.reconcile import ApplyError
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -55,6 +59,11 @@ class Daemon:
                            (signal.SIGUSR2, "detach")):
             loop.add_signal_handler(sig, self.events.put_nowait, event)
         ensure_dir(self.layout.run_dir, 0o755)
+        lock = _lock_run_dir(self.layout.run_dir)
+        if lock is None:
+            return 1
+        soft, _ = fds.raise_nofile()
+        log.debug("open-file limit %d", soft)
         ensure_dir(self.config.state_dir, 0o755)
         self.tokens = TokenStore(self.config.state_dir)
         self.passwords = PasswordStore(self.config.state_dir)
@@ -65,8 +74,17 @@ class Daemon:
             log.error("backend %s: %s", self.config.backend, exc)
             return 1
         control = await serve(self.layout.socket, self.handle)
-        async with self.lock:
-            await self._reconcile()
+        try:
+            async with self.lock:
+                await self._reconcile()
+        except PortBookError as exc:  # refuse rather than give every user a new port
+            log.error("%s", exc)
+            control.close()
+            await self.backend.detach()  # whatever an earlier daemon left running stays for the next one
+            os.close(lock)
+            return 1
+        except Exception:  # noqa: BLE001 - the servers that could start run; the error is in the log
+            log.exception("the first reconcile failed")
         self.notifier.ready(self._summary())
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
@@ -81,6 +99,8 @@ class Daemon:
                         await self.reload()
                     except Refused:
                         pass  # logged and shown in status; the running config stays
+                    except Exception:  # noqa: BLE001 - only an explicit stop ends the servers
+                        log.exception("reload failed")
                 elif event in ("stop", "detach"):
                     break
         finally:
@@ -99,6 +119,7 @@ class Daemon:
                 os.unlink(self.layout.socket)
             except FileNotFoundError:
                 pass
+            os.close(lock)
         if event == "detach":
             return EXIT_DETACHED
         log.info("stopped")
@@ -120,6 +141,10 @@ class Daemon:
         if step:
             log.info("reconcile: %s", step.describe())
         await reconcile.apply(step, self.backend)
+        hold = getattr(self.backend, "hold_sockets", None)  # backends whose daemon holds users' ports
+        if hold is not None:
+            for name, problem in hold(self.desired.specs).items():
+                log.error("%s: %s", name, problem)
 
     async def reload(self) -> None:
         """Re-read the config; a bad file changes nothing (the running config stays)."""
@@ -131,15 +156,26 @@ class Daemon:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self._summary())
             raise Refused(f"reload failed, running config kept: {exc}") from None
-        if (new.backend, new.supervisor) != (self.config.backend, self.config.supervisor):
-            error = f"{new.file}: backend: and supervisor: take effect only when notebookd is restarted"
+        fixed = configmod.restart_only_changes(self.config, new)
+        if fixed:
+            error = f"{new.file}: {', '.join(fixed)}: take effect only when notebookd is restarted"
             self.last_reload = {"ok": False, "at": time.time(), "error": error}
             log.error("reload failed, keeping the running config: %s", error)
             self.notifier.ready(self._summary())
             raise Refused(f"reload failed, running config kept: {error}")
         async with self.lock:
             self.config = new
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception as exc:  # noqa: BLE001 - e.g. a logs.dir that cannot be made, a full disk
+                error = f"{new.file}: applying the new config failed: {exc}"
+                self.last_reload = {"ok": False, "at": time.time(), "error": error}
+                if isinstance(exc, (ApplyError, OSError)):  # a known kind, said in one line
+                    log.error("reload: %s", error)
+                else:
+                    log.exception("reload: %s", error)
+                self.notifier.ready(self._summary())
+                raise Refused(error) from None
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
         log.info("reloaded %s", new.file)
         self.notifier.ready(self._summary())
@@ -205,45 +241,56 @@ class Daemon:
         return names
 
     async def handle(self, cmd: str, args: dict, peer: Peer):
+        """One control request: `commands.REQUESTS` says who may ask it, `on_<request>` answers it."""
+        command = REQUESTS.get(cmd)
+        if command is None:
+            raise Refused(f"unknown command {cmd!r}")
         caller = self._caller(peer)
-        if cmd == "status":
-            rows = [r.to_dict() for r in self._rows() if caller is None or r.name == caller]
-            return {"daemon": self._daemon_info(), "servers": rows}
-        if cmd == "url":
-            names = [n for n in self._names(args, caller, default_all=True) if n in self.desired.specs]
-            return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n) for n in names))))}
-        if cmd == "logs":
-            names = self._names(args, caller, default_all=False)
-            journal = getattr(self.backend, "journal_unit", lambda n: None)
-            return {"paths": {n: self.backend.log_path(n) for n in names},
-                    "journal": {n: unit for n in names if (unit := journal(n))}}
-        if cmd in ("start", "stop", "restart"):
-            names = self._names(args, caller, default_all=False)
-            missing = [n for n in names if n not in self.desired.specs]
-            if missing:
-                raise Refused("; ".join(f"{n}: {self.desired.problems.get(n, 'not configured')}" for n in missing))
-            async with self.lock:
-                await self._act(cmd, names)
-            return {"done": names}
-        if cmd == "token":
-            return await self._token(args, caller)
-        if cmd == "passwd":
-            return await self._passwd(args, caller)
-        if cmd == "proxy":
-            if caller is not None:
-                raise Refused("permission denied: only root may render the proxy config")
-            return self._proxy()
-        if cmd == "reload":
-            if caller is not None:
-                raise Refused("permission denied: only root may reload notebookd")
-            await self.reload()
-            return {"reloaded": self.config.file}
-        if cmd == "shutdown":
-            if caller is not None:
-                raise Refused("permission denied: only root may shut notebookd down")
-            self.events.put_nowait("detach" if args.get("keep_servers") else "stop")
-            return {"pid": os.getpid()}
-        raise Refused(f"unknown command {cmd!r}")
+        if command.who == ROOT and caller is not None:
+            raise Refused(f"permission denied: only root may run 'notebookd {command.name}'")
+        return await getattr(self, f"on_{cmd}")(cmd, args, caller)
+
+    async def on_status(self, cmd: str, args: dict, caller: str | None) -> dict:
+        rows = [r.to_dict() for r in self._rows() if caller is None or r.name == caller]
+        return {"daemon": self._daemon_info(), "servers": rows}
+
+    async def on_url(self, cmd: str, args: dict, caller: str | None) -> dict:
+        names = [n for n in self._names(args, caller, default_all=True) if n in self.desired.specs]
+        return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n) for n in names))))}
+
+    async def on_logs(self, cmd: str, args: dict, caller: str | None) -> dict:
+        names = self._names(args, caller, default_all=False)
+        journal = getattr(self.backend, "journal_unit", lambda n: None)
+        return {"paths": {n: self.backend.log_path(n) for n in names},
+                "journal": {n: unit for n in names if (unit := journal(n))}}
+
+    async def on_start(self, cmd: str, args: dict, caller: str | None) -> dict:
+        names = self._names(args, caller, default_all=False)
+        missing = [n for n in names if n not in self.desired.specs]
+        if missing:
+            raise Refused("; ".join(f"{n}: {self.desired.problems.get(n, 'not configured')}" for n in missing))
+        async with self.lock:
+            await self._act(cmd, names)
+        return {"done": names}
+
+    on_stop = on_restart = on_start
+
+    async def on_token(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return await self._token(args, caller)
+
+    async def on_passwd(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return await self._passwd(args, caller)
+
+    async def on_proxy(self, cmd: str, args: dict, caller: str | None) -> dict:
+        return self._proxy()
+
+    async def on_reload(self, cmd: str, args: dict, caller: str | None) -> dict:
+        await self.reload()
+        return {"reloaded": self.config.file}
+
+    async def on_shutdown(self, cmd: str, args: dict, caller: str | None) -> dict:
+        self.events.put_nowait("detach" if args.get("keep_servers") else "stop")
+        return {"pid": os.getpid()}
 
     async def _act(self, cmd: str, names: list[str]) -> None:
         specs = [self.desired.specs[n] for n in names]
@@ -265,7 +312,7 @@ class Daemon:
         if path is None:
             # asked as the user (launch.server_kind): root runs nothing of the user's for a link
             path = (await launch.server_kind(spec, self.layout.run_dir, self.layout.system)).default_url
-        url = f"{spec.url()}{(path or '/').lstrip('/')}"
+        url = f"{spec.url(self._address(name))}{(path or '/').lstrip('/')}"
         if not uses_token(spec):
             return url  # password only: the login page asks for it
         return f"{url}?token={self.tokens.get(name)}"
@@ -280,11 +327,13 @@ class Daemon:
 
     async def _restart_if_wanted(self, name: str) -> bool:
         """Restart a server that should be up (running, starting, backing off) so it takes new
-        credentials; a server an admin stopped stays stopped and takes them at its next start."""
-        spec = self.desired.specs[name]
-        if name in self.held or name not in self.backend.specs():
-            return False
+        credentials; a server an admin stopped stays stopped and takes them at its next start.
+
+        Decided under the lock: an admin's stop or removal queued before this request wins."""
         async with self.lock:
+            spec = self.desired.specs.get(name)
+            if spec is None or name in self.held or name not in self.backend.specs():
+                return False
             await self.backend.restart(spec)
         return True
 
@@ -313,8 +362,13 @@ class Daemon:
         restarted = uses_password(spec) and await self._restart_if_wanted(name)
         return {"user": name, "auth": spec.settings.auth, "restarted": restarted}
 
+    def _address(self, name: str) -> str | None:
+        """Where the server answers if not on its spec's ip: the node of its Slurm job."""
+        return getattr(self.backend, "address", lambda n: None)(name)
+
     def _proxy(self) -> dict:
-        servers = [{"name": n, "ip": s.ip, "port": s.port, "base_url": s.base_url, "tls": s.tls.enabled}
+        servers = [{"name": n, "ip": self._address(n) or s.ip, "port": s.port, "base_url": s.base_url,
+                    "tls": s.tls.enabled}
                    for n, s in sorted(self.desired.specs.items())]
         proxy = self.config.proxy
         return {"config": self.config.file, "servers": servers,
@@ -350,6 +404,24 @@ class Daemon:
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
             "reload": self.last_reload, "warnings": list(self.desired.warnings),
         }
+
+
+def _lock_run_dir(run_dir: str) -> int | None:
+    """Hold `notebookd.lock` in the run dir for as long as this daemon lives; None (logged) if another
+    daemon holds it: a second `notebookd run` must not take over the first one's socket and servers."""
+    path = os.path.join(run_dir, "notebookd.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        log.error("another notebookd (pid %s) is running with run dir %s; not starting a second one",
+                  holder, run_dir)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def run(layout: Layout, config: configmod.Config) -> int:

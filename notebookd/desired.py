@@ -7,7 +7,7 @@ import os
 import pwd
 from dataclasses import dataclass, field
 
-from notebookd.config import Config, UserEntry
+from notebookd.config import USERNAME, Config, UserEntry
 from notebookd.model import Account, ServerSpec
 from notebookd.ports import PortBook
 
@@ -54,8 +54,13 @@ def entries(config: Config, system: bool) -> tuple[list[UserEntry], list[str]]:
             warnings.append(f"{config.file}:{group.line}: groups: no such group {group.name!r}")
             continue
         for member in members:
-            if member not in listed and member != "root":
-                listed[member] = config.entry_for(member)
+            if member in listed or member == "root":
+                continue
+            if not USERNAME.fullmatch(member):  # the same rule as for listed users: names reach paths and units
+                warnings.append(f"{config.file}:{group.line}: groups: {group.name}: member {member!r} "
+                                "is not a valid user name; no server for it")
+                continue
+            listed[member] = config.entry_for(member)
     return [listed[n] for n in sorted(listed)], warnings
 
 

@@ -116,8 +116,9 @@ class ForkServer:
         log.info("fork server: template pid %d started", self.proc.pid)
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, identity: tuple[int, int, list[int]] | None,
-                    out: int, keep: int) -> "ForkedProcess":
-        """Fork a server; `argv` is what follows `python -m jupyter_server`. Returns once it runs."""
+                    out: int, keep: int, listen: int, drain: float) -> "ForkedProcess":
+        """Fork a server; `argv` is what follows `python -m jupyter_server`, `listen` the listening
+        socket it accepts on (notebookd/launcher.py). Returns once it runs."""
         self._ensure()
         ready = self._ready
         try:  # its imports take seconds (more on a loaded machine); the per-start deadline starts after them
@@ -128,13 +129,13 @@ class ForkServer:
         if "error" in ready.result():
             raise ForkError(ready.result()["error"])
         rid = next(self._ids)
-        request = {"id": rid, "argv": argv, "env": env, "cwd": cwd,
+        request = {"id": rid, "argv": argv, "env": env, "cwd": cwd, "drain": drain,
                    "identity": list(identity[:2]) + [list(identity[2])] if identity else None}
         fut = asyncio.get_running_loop().create_future()
         self._replies[rid] = fut
         try:
             self.sock.sendmsg([json.dumps(request).encode()],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out, keep]))])
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out, keep, listen]))])
         except OSError as exc:
             self._replies.pop(rid, None)
             self._lost(f"cannot reach the template: {exc}")
@@ -370,7 +371,7 @@ def serve(sock: socket.socket, report_timeout: float = REPORT_TIMEOUT, stop_uid:
                 text = b"".join(p.chunks).decode(errors="replace")
                 answer(p, "cannot start the server: " + text if text else None)
             elif fd == sock.fileno():
-                data, ancdata, _, _ = sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(2 * 4))
+                data, ancdata, _, _ = sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(3 * 4))
                 if not data:
                     return  # the daemon closed its end: leave; the servers keep running
                 fds = []
@@ -423,10 +424,10 @@ def _reap(sock: socket.socket, pending: dict[int, _Pending], failed: set[int]) -
 def _fork(req: dict, fds: list[int], sock: socket.socket, private: list[int], stop_uid: int | None):
     """Fork a child for `req`: (id, pid, status pipe read end), or an error reply."""
     rid = req.get("id")
-    if len(fds) != 2:
+    if len(fds) != 3:
         for fd in fds:
             os.close(fd)
-        return {"id": rid, "error": "fork server: expected two log fds with the request"}
+        return {"id": rid, "error": "fork server: expected two log fds and a listening socket with the request"}
     if _threads() != 1:
         for fd in fds:
             os.close(fd)
@@ -440,7 +441,7 @@ def _fork(req: dict, fds: list[int], sock: socket.socket, private: list[int], st
         try:
             os.close(status_r)
             sock.detach()  # its fd is closed below; the object must never close a reused number
-            code = _child(req, fds[0], fds[1], status_w, stop_uid)
+            code = _child(req, fds[0], fds[1], fds[2], status_w, stop_uid)
         except BaseException as exc:  # never return into the template's loop
             text = str(exc) if isinstance(exc, SetupError) else f"{type(exc).__name__}: {exc}"
             for fd in (status_w, 4):  # once _child has moved its fds, the status pipe is fd 4
@@ -507,20 +508,22 @@ def drop_privileges(uid: int, gid: int, groups: list[int]) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def _child(req: dict, out: int, keep: int, status_w: int, stop_uid: int | None = None) -> int:
+def _child(req: dict, out: int, keep: int, listen: int, status_w: int, stop_uid: int | None = None) -> int:
     """In the forked child: become the user, exactly as the exec path does, then run the server."""
     os.setsid()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    # fds: 0 /dev/null, 1+2 the log FIFO, 3 its read end (never EPIPE), 4 the status pipe; nothing else
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5) for fd in (out, keep, status_w)]
+    # fds: 0 /dev/null, 1+2 the log FIFO, 3 its read end (never EPIPE), 4 the status pipe, 5 the
+    # listening socket (close-on-exec: kernels and terminals never get it); nothing else
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 6) for fd in (out, keep, status_w, listen)]
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(high[0], 1)
     os.dup2(high[0], 2)
     os.dup2(high[1], 3)
     os.dup2(high[2], 4, inheritable=False)
-    os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))
+    os.dup2(high[3], 5, inheritable=False)
+    os.closerange(6, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))
     os.set_inheritable(3, False)  # a kernel the server starts does not need it
 
     import jupyter_server.__main__ as main_module  # preloaded; its path is the server's argv[0]
@@ -544,9 +547,12 @@ def _child(req: dict, out: int, keep: int, status_w: int, stop_uid: int | None =
     os.environ.update(req["env"])
 
     sys.argv = [main_module.__file__, *req["argv"]]
-    os.close(4)  # setup done: the template answers the daemon with our pid
     from jupyter_server.serverapp import ServerApp
 
+    from notebookd import launcher
+
+    launcher.install(launcher.listening_socket(5), float(req.get("drain", launcher.DEFAULT_DRAIN)))
+    os.close(4)  # setup done: the template answers the daemon with our pid
     code = 0
     try:
         ServerApp.launch_instance(req["argv"])

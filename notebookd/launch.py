@@ -27,6 +27,7 @@ class Launch:
     marker: str  # NOTEBOOKD_SERVER: how every process of the server (kernels too) is found
     kind: jupyter.ServerKind = jupyter.ServerKind()
     words: int = 0  # argv[:words] is the command itself; the fork template runs what follows `-m jupyter_server`
+    python: str | None = None  # the interpreter the command runs (the launcher runs in it: launcher.wrap)
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -113,4 +114,4 @@ async def prepare(spec: ServerSpec, run_dir: str, access: Access, *, system: boo
     words = [found.argv0, *jupyter.command(spec)[1:]]
     jupyter.write_config(files["config"], spec, found.kind, granted, owner, acc.gid)
     return Launch(tuple(jupyter.argv(spec, files["config"], words)), env, spec.root_dir, mark, found.kind,
-                  len(words))
+                  len(words), found.python)

@@ -4,25 +4,57 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 
 from notebookd.fsutil import ensure_dir, write_atomic
 
+log = logging.getLogger("notebookd")
+
+
+class PortBookError(Exception):
+    """ports.json is damaged and no good copy is left: refuse rather than hand every port out again."""
+
 
 class PortBook:
-    """The persisted user -> port map for users without an explicit port."""
+    """The persisted user -> port map for users without an explicit port.
+
+    Written atomically, with the previous good version kept beside it (`ports.json.bak`): a damaged
+    file (a crash, a full disk, a hand edit) is recovered from the copy, and if both are bad the
+    daemon refuses to go on with one line naming the file, since giving every user a new port would
+    break every link and proxy rule at once."""
 
     def __init__(self, state_dir: str):
         self.path = os.path.join(state_dir, "ports.json")
+        self.backup = self.path + ".bak"
+
+    @staticmethod
+    def _read(path: str) -> dict[str, int] | None:
+        """The map in `path`; {} if there is no file; None if it is not a valid map of ports."""
+        try:
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535 for v in data.values()):
+            return None
+        return {str(k): v for k, v in data.items()}
 
     def _load(self) -> dict[str, int]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return {str(k): int(v) for k, v in data.items()}
-        except (FileNotFoundError, ValueError, AttributeError):
-            return {}
+        book = self._read(self.path)
+        if book is not None:
+            return book
+        copy = self._read(self.backup)
+        if copy is None or (not copy and not os.path.exists(self.backup)):
+            raise PortBookError(f"{self.path} is damaged (not a JSON map of user names to ports) and "
+                                f"{self.backup} cannot replace it: fix or remove the file")
+        log.warning("%s is damaged; using the copy in %s", self.path, self.backup)
+        self._save(copy, force=True)
+        return copy
 
     def assign(self, wanted: list[str], explicit: dict[str, int], ports: tuple[int, int],
                ip: str) -> tuple[dict[str, int], dict[str, str]]:
@@ -53,15 +85,12 @@ class PortBook:
         self._save(book)
         return result, problems
 
-    def _save(self, book: dict[str, int]) -> None:
+    def _save(self, book: dict[str, int], force: bool = False) -> None:
         data = json.dumps(dict(sorted(book.items())), indent=1).encode()
-        try:
-            with open(self.path, "rb") as fh:
-                if fh.read() == data:
-                    return
-        except FileNotFoundError:
-            pass
+        if not force and self._read(self.path) == book and os.path.exists(self.backup):
+            return
         ensure_dir(os.path.dirname(self.path), 0o755)
+        write_atomic(self.backup, data, 0o644)  # first the copy: one of the two is always whole
         write_atomic(self.path, data, 0o644)
 
 

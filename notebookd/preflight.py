@@ -80,7 +80,7 @@ if req["probe"]:
                         break
             elif words:
                 python = words[0]
-say(found=found, probing=python is not None)
+say(found=found, python=python)
 if python is not None:
     try:
         os.execv(python, [python, "-I", "-c", req["code"]])
@@ -101,6 +101,7 @@ class PreflightError(NotReady):
 class Preflight:
     argv0: str
     kind: jupyter.ServerKind
+    python: str | None = None  # the interpreter argv0 runs (itself, or its #! line's), as the user found it
 
 
 def candidates(spec: ServerSpec, word: str) -> list[str]:
@@ -118,7 +119,7 @@ async def check(spec: ServerSpec, env: dict[str, str], identity: bool, root_dir:
     own = jupyter.own_kind(words)
     cands = candidates(spec, words[0])
     if own is not None and not cands and not root_dir:
-        return Preflight(words[0], own)  # nothing of the user's to look at
+        return Preflight(words[0], own, words[0])  # nothing of the user's to look at
     acc = spec.account
     request = {"root_dir": spec.root_dir if root_dir else "/", "argv0": words[0], "candidates": cands,
                "path": spec.settings.path, "probe": own is None, "code": jupyter.PROBE}
@@ -135,7 +136,16 @@ async def check(spec: ServerSpec, env: dict[str, str], identity: bool, root_dir:
             raise PreflightError(acc.name, f"command {words[0]!r} not found in PATH {spec.settings.path}")
         argv0 = cands[found]
     kind = own if own is not None else jupyter.kind_from_probe(_parse(lines[1]) if len(lines) > 1 else None)
-    return Preflight(argv0, kind)
+    python = words[0] if own is not None else _plain_path(first.get("python"))
+    return Preflight(argv0, kind, python)
+
+
+def _plain_path(value) -> str | None:
+    """The user's answer for an interpreter path, if it is one: absolute, printable, no blanks (it is
+    run as the user only, but may be written into a job script)."""
+    if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
+        return None
+    return None if any(c.isspace() for c in value) else value
 
 
 async def _run(spec: ServerSpec, argv: list[str], env: dict[str, str], identity: bool) -> list[str]:

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from notebookd.fds import exhausted
+
+
+class Unprobed(str):
+    """No probe was made: the daemon itself is out of descriptors (or memory). Says nothing about
+    the server, so it is never counted as a failed check."""
+
 
 async def http_status(host: str, port: int, path: str, timeout: float, tls: bool = False) -> int | str:
     """The HTTP status code of GET `path`, or a short reason why there was none.
@@ -23,6 +30,8 @@ async def http_status(host: str, port: int, path: str, timeout: float, tls: bool
     except TimeoutError:
         return f"no answer within {timeout:g}s"
     except OSError as exc:  # ssl.SSLError included
+        if exhausted(exc):
+            return Unprobed(f"not probed: notebookd is out of resources ({exc.strerror})")
         return exc.strerror or str(exc)
     finally:
         if writer is not None:

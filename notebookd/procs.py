@@ -9,11 +9,14 @@ process of that uid with the marker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
 
 import psutil
+
+log = logging.getLogger("notebookd")
 
 MARKER_VAR = "NOTEBOOKD_SERVER"
 
@@ -172,23 +175,54 @@ class ServerProcess:
         fut = loop.create_future()
 
         def finish() -> None:
-            if self.popen is not None:
-                self.returncode = self.popen.wait()  # it has exited: this reaps without blocking
-            self.done = True
-            on_exit()
-            if not fut.done():
-                fut.set_result(self.returncode)
+            try:
+                if self.popen is not None:
+                    self.returncode = self.popen.wait()  # it has exited: this reaps without blocking
+                self.done = True
+                on_exit()
+            except Exception:  # noqa: BLE001 - whatever on_exit does, the exit is known and must be told
+                log.exception("pid %d: after its exit", self.pid)
+            finally:
+                self.done = True
+                if not fut.done():
+                    fut.set_result(self.returncode)
 
-        try:
-            fd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            loop.call_soon(finish)
-            return fut
+        def poll_exit() -> None:
+            """Without a pidfd (the daemon ran out of descriptors): look once a second, and go back to a
+            pidfd as soon as one can be had."""
+            if self._exited():
+                finish()
+            elif not attach(quiet=True):
+                loop.call_later(1.0, poll_exit)
 
-        def readable() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            finish()
+        def attach(quiet: bool = False) -> bool:
+            try:
+                fd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                loop.call_soon(finish)
+                return True
+            except OSError as exc:
+                if not quiet:
+                    log.warning("pid %d: cannot watch it with a pidfd (%s); polling it instead", self.pid,
+                                exc.strerror or exc)
+                return False
 
-        loop.add_reader(fd, readable)
+            def readable() -> None:
+                loop.remove_reader(fd)
+                os.close(fd)
+                finish()
+
+            loop.add_reader(fd, readable)
+            return True
+
+        if not attach():
+            loop.call_later(1.0, poll_exit)
         return fut
+
+    def _exited(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is not None
+        try:
+            return psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True

@@ -44,11 +44,24 @@ def plan(desired: dict[str, ServerSpec], held: frozenset[str], running: dict[str
     return Plan(tuple(start), tuple(restart), tuple(stop), tuple(forget))
 
 
+class ApplyError(Exception):
+    """Some servers could not be changed; every other server's change was carried out."""
+
+
 async def apply(plan: Plan, backend) -> None:
-    """Carry out a plan; independent servers are handled in parallel."""
-    await asyncio.gather(
+    """Carry out a plan; independent servers are handled in parallel, and one server's failure
+    neither stops nor cuts short the others' (all finish before the errors are raised, as one)."""
+    names = [*plan.forget, *plan.stop, *(s.name for s in plan.restart), *(s.name for s in plan.start)]
+    results = await asyncio.gather(
         *(backend.forget(name) for name in plan.forget),
         *(backend.stop(name) for name in plan.stop),
         *(backend.restart(spec) for spec in plan.restart),
         *(backend.start(spec) for spec in plan.start),
+        return_exceptions=True,
     )
+    errors = [f"{name}: {exc}" for name, exc in zip(names, results) if isinstance(exc, Exception)]
+    for exc in results:
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+            raise exc  # cancellation and the like are not a server's failure
+    if errors:
+        raise ApplyError("; ".join(errors))

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.model import ServerSpec
+
+log = logging.getLogger("notebookd")
 
 
 def fingerprint(spec: ServerSpec) -> str:
@@ -63,16 +66,31 @@ class RecordBook:
         for entry in sorted(os.listdir(self.dir)):
             if not entry.endswith(".json"):
                 continue
-            try:
-                with open(os.path.join(self.dir, entry)) as fh:
-                    rec = Record(**json.load(fh))
-            except (OSError, ValueError, TypeError):
-                rec = None
-            if rec is not None and rec.alive():
+            path = os.path.join(self.dir, entry)
+            rec = _read(path)
+            if rec is None:
+                # kept for the admin: its server (if it still runs) cannot be adopted; a new start
+                # reports the port it holds
+                log.warning("%s is not a valid server record; ignored (kept as %s.bad)", path, path)
+                os.replace(path, path + ".bad")
+            elif rec.name == entry[:-5] and rec.alive():
                 found[rec.name] = rec
             else:
-                os.unlink(os.path.join(self.dir, entry))
+                os.unlink(path)
         return found
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.json")
+
+
+def _read(path: str) -> Record | None:
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+        rec = Record(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    ok = (isinstance(rec.name, str) and isinstance(rec.fingerprint, str)
+          and isinstance(rec.pid, int) and not isinstance(rec.pid, bool) and rec.pid > 0
+          and isinstance(rec.create_time, (int, float)) and not isinstance(rec.create_time, bool))
+    return rec if ok else None

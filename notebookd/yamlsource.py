@@ -51,14 +51,22 @@ def parse(text: str, file: str) -> Located:
         raise ConfigError(file, None, "", f"YAML error: {' '.join(str(exc).split())}") from None
     if node is None:
         return Located({}, 1, "", file)
-    return _convert(node, "", file, yaml.constructor.SafeConstructor())
+    return _convert(node, "", file, yaml.constructor.SafeConstructor(), budget=[MAX_VALUES])
+
+
+# Aliases repeat a subtree without repeating its text: a few lines (`a: &a [x, x]`, `b: &b [*a, *a]` …)
+# can stand for billions of values. The file is read as a whole tree, so bound the whole tree.
+MAX_VALUES = 100_000
 
 
 def _convert(node: yaml.Node, path: str, file: str, scalars: yaml.constructor.SafeConstructor,
-             parents: tuple[int, ...] = ()) -> Located:
+             parents: tuple[int, ...] = (), budget: list | None = None) -> Located:
     line = node.start_mark.line + 1
     if id(node) in parents or len(parents) > 64:
         raise ConfigError(file, line, path, "nested too deep (a recursive alias?)")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(file, line, path, f"more than {MAX_VALUES} values (aliases expanding without limit?)")
     parents += (id(node),)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Located] = {}
@@ -70,12 +78,12 @@ def _convert(node: yaml.Node, path: str, file: str, scalars: yaml.constructor.Sa
             if key in out:
                 raise ConfigError(file, key_node.start_mark.line + 1, child,
                                   f"given twice (first on line {out[key].line})")
-            value = _convert(value_node, child, file, scalars, parents)
+            value = _convert(value_node, child, file, scalars, parents, budget)
             # a block mapping or list starts on the line after its key: errors point at the key
             out[key] = replace(value, line=key_node.start_mark.line + 1)
         return Located(out, line, path, file)
     if isinstance(node, yaml.SequenceNode):
-        items = [_convert(n, f"{path}[{i}]", file, scalars, parents) for i, n in enumerate(node.value)]
+        items = [_convert(n, f"{path}[{i}]", file, scalars, parents, budget) for i, n in enumerate(node.value)]
         return Located(items, line, path, file)
     try:
         value = scalars.construct_object(node, deep=True)

@@ -23,7 +23,22 @@ import urllib.request
 import pytest
 
 IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: creates Unix users and runs servers as them")
+# The one tier marker: tests that need root, apt packages, real servers or daemons. `-m "not root"` (the
+# fast tier, `tests/run --fast`) runs the rest anywhere; without root, marked tests are skipped, never errors.
+needs_root = pytest.mark.root
+# Fixtures that make real Unix users (and so run real servers): a test that uses one is in the root tier
+# even if its module forgot to say so.
+ROOT_FIXTURES = frozenset({"users"})
+_SKIP_NOT_ROOT = pytest.mark.skip(reason="needs root: creates Unix users and runs servers as them")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marker must be on every item by then
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("root") is None and ROOT_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.root)
+        if not IS_ROOT and item.get_closest_marker("root") is not None:
+            item.add_marker(_SKIP_NOT_ROOT)
 
 # Unique per test session: two sessions on one machine (CI retries, developers) must not delete or
 # recreate each other's users under the same names.
@@ -139,9 +154,12 @@ class StatusClient:
     def rows(self) -> dict[str, dict]:
         return {r["name"]: r for r in self.status()["servers"]}
 
-    def wait_state(self, name: str, state: str, timeout: float | None = None) -> dict:
-        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] == state and r,
-                        timeout or self.wait_timeout, what=f"{name} {state}")
+    def wait_state(self, name: str, state: str | tuple[str, ...], timeout: float | None = None) -> dict:
+        """`state` may be several: a failing start moves on from backoff to crashloop while a slow machine
+        is busy with the other servers, so "not started, retried" is ("backoff", "crashloop")."""
+        states = (state,) if isinstance(state, str) else state
+        return wait_for(lambda: (r := self.rows().get(name)) and r["state"] in states and r,
+                        timeout or self.wait_timeout, what=f"{name} {'/'.join(states)}")
 
     def wait_replaced(self, name: str, old_pid: int, timeout: float | None = None) -> dict:
         """Wait until `name` runs again in a process other than `old_pid`."""

@@ -70,7 +70,7 @@ def lab(users, workdir):
         daemon.alice, daemon.bob, daemon.old = alice.pw_name, bob.pw_name, old.pw_name
         daemon.wait_state(alice.pw_name, "running")
         # bob's auth is password and he has none yet: his server must not start without one
-        row = daemon.wait_state(bob.pw_name, "backoff")
+        row = daemon.wait_state(bob.pw_name, ("backoff", "crashloop"))
         assert "no password" in row["last_error"] and f"notebookd passwd {bob.pw_name}" in row["last_error"]
         out = cli(daemon, "passwd", user=bob.pw_name, stdin=f"{BOB_PASSWORD}\n{BOB_PASSWORD}\n")
         assert out.returncode == 0, out.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("yaml", "psutil", "asyncio", "jupyter_server", "tornado", "notebookd.config", "notebookd.daemon")
 
 
@@ -40,6 +42,7 @@ def test_version():
     assert out.returncode == 0 and out.stdout.startswith("notebookd ")
 
 
+@pytest.mark.root  # system mode: as any other user a config describes only the caller's own server
 def test_check_config_names_a_missing_user_with_its_line(tmp_path):
     cfg = tmp_path / "n.yaml"
     cfg.write_text("listen: {ports: 8800-8810}\nusers:\n  nosuchuser-nbt: {port: 8801}\n")
@@ -62,3 +65,11 @@ def test_check_config_names_what_the_backend_needs(tmp_path):
     lines = out.stderr.splitlines()
     assert any("none.sock does not exist (is supervisord running?)" in line for line in lines), out.stderr
     assert any("nodir is not a directory" in line for line in lines), out.stderr
+
+
+def test_status_shows_a_servers_escape_sequences_as_text():
+    from notebookd.cli import _one_line
+
+    shown = _one_line("boom \x1b]0;owned\x07 \x1b[2J\x9b31m \u202eevil\x00")
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c == "\u202e" for c in shown)
+    assert "\\x1b]0;owned\\x07" in shown and "\\u202e" in shown

@@ -426,7 +426,7 @@ def test_recursive_alias(text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd)"),
+    ("backend: docker\n", "1: backend: 'docker' is not an available backend (available: native, supervisor, systemd, slurm)"),
     ("listen: {ip: localhost}\n", "1: listen.ip: 'localhost' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)"),
     ("listen: {ports: 9000-8000}\n", "1: listen.ports: range 9000-8000 is empty"),
     ("listen: {ports: 8800-70000}\n", "1: listen.ports: 70000 is not a valid port (1-65535)"),
@@ -790,3 +790,61 @@ def test_embed_sets_frame_ancestors_for_everyone_and_a_user_may_override():
         "alice": ("'self'", "https://lms.example.org"), "bob": ("'none'",)}
     assert error("embed: {frame_ancestors: [x]}\nserver:\n  frame_ancestors: [y]\n") == \
         f"{FILE}:3: server.frame_ancestors: already given under embed: (line 1); give it once"
+
+
+# ---- hostile config text (issue 10): aliases that expand without end, control characters ----
+
+def test_an_alias_bomb_is_refused_quickly_with_one_line():
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 values
+    text = "listen: {ip: 127.0.0.1}\n" + "\n".join(levels) + "\n"
+    import time
+
+    t0 = time.monotonic()
+    message = error(text)
+    assert time.monotonic() - t0 < 5
+    assert "more than 100000 values" in message
+
+
+@pytest.mark.parametrize("key, value", [
+    ("base_url", '"/u/{user}/\\nExecStartPre=/bin/sh -c id"'),
+    ("args", '["--ServerApp.x=1\\nEnvironment=LD_PRELOAD=/tmp/x.so"]'),
+    ("env", '{PROJECT: "a\\nb"}'),
+    ("root_dir", '"/srv/\\r{user}"'),
+])
+def test_a_control_character_in_a_value_is_refused_with_its_line(key, value):
+    message = error(f"users:\n  bob:\n    {key}: {value}\n")
+    assert ":3: " in message and "control character" in message
+
+
+# ---- what a reload may change: derived from the declarations (restart=True) ----
+
+@pytest.mark.parametrize("before, after, fixed", [
+    ("backend: native\n", "backend: supervisor\n", ["backend"]),
+    ("", "supervisor: {socket: /run/other.sock}\n", ["supervisor.socket"]),
+    ("", "state_dir: /srv/notebookd-state\n", ["state_dir"]),
+    ("", "listen: {ports: 9000-9100}\nserver: {stop_timeout: 3s}\n", []),  # live: a reload applies them
+])
+def test_restart_only_keys_come_from_the_declarations(before, after, fixed):
+    assert config.restart_only_changes(load(before), load(after)) == fixed
+
+
+def test_a_reload_that_moves_state_dir_is_refused_and_changes_nothing(tmp_path):
+    """Tokens, password hashes, records and the port book all live in state_dir: a reload that moved
+    only some of them (the port book, before) would hand out new ports and lose every token."""
+    import asyncio
+
+    from notebookd.control import Refused
+    from notebookd.daemon import Daemon
+
+    cfg = tmp_path / "notebookd.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/a\n")
+    layout = LAYOUT._replace(config=str(cfg))
+    daemon = Daemon(layout, config.load(layout))
+    cfg.write_text(f"state_dir: {tmp_path}/b\nlisten: {{ports: 9000-9100}}\n")
+    with pytest.raises(Refused) as exc:
+        asyncio.run(daemon.reload())
+    assert str(exc.value) == (f"reload failed, running config kept: {cfg}: state_dir: take effect only "
+                              "when notebookd is restarted")
+    assert daemon.config.state_dir == f"{tmp_path}/a" and daemon.config.listen.ports == (8800, 8899)
+    assert daemon.last_reload["ok"] is False and not (tmp_path / "b").exists()

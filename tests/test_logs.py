@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import select
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -309,3 +310,72 @@ def test_rotated_and_new_files_are_0640_even_with_a_strict_umask(tmp_path, umask
     assert len(files) == 3
     for name in files:
         assert stat.S_IMODE(os.stat(name).st_mode) == 0o640, name
+
+
+# ---- output a user controls (issue 10): endless lines, tokens, who may read ----
+
+def test_a_line_without_end_is_cut_and_a_users_logs_stay_bounded(tmp_path):
+    """64 MiB without a newline, max_size 1 MiB, keep 2: was one 64 MiB file (rotation waited for a newline)."""
+    from notebookd.logs import LINE_LIMIT
+
+    path = str(tmp_path / "flood.log")
+    max_size, keep = 2**20, 2
+    sink = RotatingFile(path, max_size=max_size, keep=keep)
+    for _ in range(64):
+        for i in range(16):
+            sink.write(b"\0" * 2**16)
+    sink.write(b"end\n" + b"ordinary line\n" * 300_000)  # and then enough to rotate a few times
+    sink.close()
+    files = log_files(path)
+    assert len(files) == keep + 1
+    assert sum(os.path.getsize(f) for f in files) <= (keep + 1) * (max_size + LINE_LIMIT + 100)
+    for name in files:
+        content = read(name)
+        assert content.endswith(b"\n")
+        assert max(len(x) for x in content.split(b"\n")) <= LINE_LIMIT
+
+
+def test_the_cut_is_marked_and_counted(tmp_path):
+    from notebookd.logs import LINE_LIMIT
+
+    path = str(tmp_path / "cut.log")
+    sink = RotatingFile(path, max_size=10 * 2**20, keep=1)
+    sink.write(b"before\n" + b"y" * 10)
+    for chunk in (b"y" * (LINE_LIMIT - 10), b"z" * 5000, b"z" * 123 + b"\nafter\n"):
+        sink.write(chunk)
+    sink.close()
+    lines = read(path).split(b"\n")
+    assert lines[0] == b"before" and lines[1] == b"y" * LINE_LIMIT
+    assert lines[2] == b"[notebookd: line longer than 64 KiB cut here]"
+    assert lines[3] == b"[notebookd: 5123 more bytes of that line left out]"
+    assert lines[4] == b"after"
+
+
+@pytest.mark.parametrize("cut", range(1, 40, 3))
+def test_a_token_is_hidden_wherever_a_read_cuts_it(tmp_path, cut):
+    path = str(tmp_path / f"t{cut}.log")
+    sink = RotatingFile(path, max_size=2**20, keep=1)
+    secret = "3f9a2c0e1b7d4a6f8e5c3b2a1d0f9e8c7b6a5d4c3b2a1f0e"
+    text = f"GET /user/bob/lab?token={secret}&x=1 200\nnext line\n".encode()
+    sink.write(text[:cut])
+    sink.write(text[cut:])
+    sink.close()
+    content = read(path)
+    assert secret.encode() not in content
+    assert content == b"GET /user/bob/lab?token=[hidden]&x=1 200\nnext line\n"
+
+
+def test_a_log_is_readable_by_its_user_alone_besides_root(tmp_path):
+    """Was 0640 root:GROUP: every user in that group (LDAP `users`) read it. Now an ACL names the user."""
+    path = str(tmp_path / "acl.log")
+    sink = RotatingFile(path, max_size=100, keep=2, reader=4242)
+    sink.write(b"x" * 150 + b"\n" + b"y\n")  # rotated once: both files
+    sink.close()
+    for name in (path, path + ".1"):
+        acl = os.getxattr(name, "system.posix_acl_access")
+        entries = {(tag, ident): perm for tag, perm, ident in
+                   (struct.unpack_from("<HHI", acl, 4 + 8 * i) for i in range((len(acl) - 4) // 8))}
+        assert entries[(0x02, 4242)] == 4       # the user: read
+        assert entries[(0x04, 0xFFFFFFFF)] == 0  # the owning group: nothing
+        assert entries[(0x20, 0xFFFFFFFF)] == 0  # others: nothing
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o640  # the group bits show the mask

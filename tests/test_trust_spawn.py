@@ -248,9 +248,11 @@ def test_an_exit_in_the_same_read_as_the_reply_is_not_lost(users):
     async def go() -> int | None:
         server = forkserver.ForkServer()
         r, w = os.pipe()
+        listening = socket.create_server(("127.0.0.1", 0))  # what notebookd holds for the server (launcher.py)
         try:
             env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "USER": user.pw_name}
-            task = asyncio.ensure_future(server.spawn(["--version"], env, "/", (user.pw_uid, user.pw_gid, []), w, r))
+            task = asyncio.ensure_future(server.spawn(["--version"], env, "/", (user.pw_uid, user.pw_gid, []), w, r,
+                                                      listening.fileno(), 1.0))
             while not server._replies:  # the template is up (its imports take seconds) and has the request
                 await asyncio.sleep(0.05)
             # from here the loop stays blocked while the template answers and the server exits
@@ -259,6 +261,7 @@ def test_an_exit_in_the_same_read_as_the_reply_is_not_lost(users):
             return await asyncio.wait_for(proc.watch(lambda: None), 30)
         finally:
             server.close()
+            listening.close()
             os.close(r)
             os.close(w)
 

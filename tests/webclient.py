@@ -14,7 +14,6 @@ import textwrap
 import uuid
 
 from conftest import http
-from scripts import kernel_42
 
 NGINX = "/usr/sbin/nginx"
 
@@ -71,6 +70,8 @@ async def execute(ws_url: str, token: str | None, code: str, origin: str | None,
                   cafile: str | None = None) -> str:
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
+
+    from scripts import kernel_42  # tornado, like the imports above: the fast tier collects this module too
 
     headers = {}
     if token:

@@ -20,6 +20,10 @@ def make(config: Config, layout: Layout, tokens: TokenStore, on_change):
         from notebookd.backends import systemd
 
         return systemd.backend(config, layout.run_dir, tokens, on_change)
+    if config.backend == "slurm":
+        from notebookd.backends import slurm
+
+        return slurm.backend(config, layout.run_dir, tokens, on_change)
     from notebookd.backends.native import NativeBackend
 
     return NativeBackend(layout.run_dir, config.state_dir, layout.system, tokens, on_change=on_change)

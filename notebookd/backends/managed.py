@@ -32,7 +32,7 @@ from notebookd.backends.base import BackendError
 from notebookd.fsutil import ensure_dir
 from notebookd.model import ServerSpec, ServerStatus
 from notebookd.ports import describe_holder, port_holder
-from notebookd.probe import http_status
+from notebookd.probe import Unprobed, http_status
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -51,10 +51,13 @@ class Observed:
     last_exit: str | None = None
     error: str | None = None
     memory: int | None = None
+    host: str | None = None  # where the server answers, if not on its spec's ip (a Slurm job's node)
 
 
 class Manager(Protocol):
     name: str
+    # optional `local = False`: its servers run on other machines (Slurm's nodes), so notebookd neither
+    # sweeps nor measures their processes here (the job's own wrapper ends them there)
 
     async def open(self) -> set[str]:
         """Connect; return the servers it already has (left running by an earlier daemon)."""
@@ -118,6 +121,7 @@ class ManagedBackend:
         self._task: asyncio.Task | None = None
         self._look = asyncio.Lock()
         self._memory_at = 0.0
+        self.local = getattr(manager, "local", True)
 
     # -- the Backend contract --
     async def open(self) -> None:
@@ -191,12 +195,18 @@ class ManagedBackend:
         for name, s in self.servers.items():
             spec = s.spec
             rows[name] = ServerStatus(
-                name=name, state=s.state, port=spec.port if spec else None, url=spec.url() if spec else None,
+                name=name, state=s.state, port=spec.port if spec else None,
+                url=spec.url(self.address(name)) if spec else None,
                 pid=s.obs.pid if s.obs.state == "up" else None, since=s.since, started=s.started,
                 restarts=s.restarts, memory=s.obs.memory if s.obs.state == "up" else None,
                 last_error=s.last_error, last_exit=s.obs.last_exit,
             )
         return rows
+
+    def address(self, name: str) -> str | None:
+        """Where the server answers when that is not its spec's ip (the node of a Slurm job)."""
+        server = self.servers.get(name)
+        return server.obs.host if server is not None and server.obs.state == "up" else None
 
     def log_path(self, name: str) -> str | None:
         return self.manager.log_path(name) if name in self.servers else None
@@ -244,7 +254,7 @@ class ManagedBackend:
         if server.obs.state != "stopped":
             self._set_state(server, "stopping")
         await self.manager.stop(server.name)
-        uid = self._uid(server)
+        uid = self._uid(server) if self.local else None
         if uid is not None:
             grace = server.spec.settings.stop_timeout if server.spec else 10.0
             killed = await procs.stop_tree(None, uid, launch.marker(server.name, self.run_dir), grace)
@@ -278,7 +288,7 @@ class ManagedBackend:
             if not names:
                 return
             seen = await self.manager.observe(names)
-            if time.monotonic() - self._memory_at > 5:
+            if self.local and time.monotonic() - self._memory_at > 5:
                 self._fill_memory(seen)
             for name, obs in seen.items():  # keep the last figure between two counts
                 if obs.memory is None and name in self.servers and obs.pid == self.servers[name].obs.pid:
@@ -355,7 +365,8 @@ class ManagedBackend:
     async def _probe(self, s: Server, now: float) -> None:
         spec = s.spec
         if s.ready_pid != s.obs.pid:
-            code = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=2, tls=spec.tls.enabled)
+            code = await http_status(s.obs.host or spec.ip, spec.port, spec.base_url + "api", timeout=2,
+                                     tls=spec.tls.enabled)
             if code == 200:
                 s.ready_pid, s.started, s.last_error = s.obs.pid, min(now, s.obs.since or now), None
                 s.next_probe = now + spec.health.interval
@@ -367,9 +378,12 @@ class ManagedBackend:
         if now < s.next_probe or s.busy:
             return
         s.next_probe = now + spec.health.interval
-        code = await http_status(spec.ip, spec.port, spec.base_url + "api", spec.health.timeout, tls=spec.tls.enabled)
+        code = await http_status(s.obs.host or spec.ip, spec.port, spec.base_url + "api", spec.health.timeout,
+                                 tls=spec.tls.enabled)
         if code == 200:
             s.health_failures = 0
+            return
+        if isinstance(code, Unprobed):  # the daemon is out of descriptors: nothing known about the server
             return
         s.health_failures += 1
         s.last_error = f"health check failed ({s.health_failures}/{spec.health.failures}): {code}"
@@ -383,7 +397,7 @@ class ManagedBackend:
 
     async def _end_strays(self, s: Server, keep: int | None) -> None:
         """Processes with the server's marker that are not the current server or its children."""
-        uid = self._uid(s)
+        uid = self._uid(s) if self.local else None
         if uid is None:
             return
         mark = launch.marker(s.name, self.run_dir)

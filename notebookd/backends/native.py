@@ -16,15 +16,17 @@ import signal
 import subprocess
 import time
 
-from notebookd import launch, procs
+from notebookd import launch, launcher, procs
 from notebookd.access import Access, NotReady
+from notebookd.fds import Throttle
 from notebookd.forkserver import REPORT_TIMEOUT, ForkError, ForkServer
 from notebookd.fsutil import ensure_dir
 from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
-from notebookd.model import ServerSpec, ServerState, ServerStatus, check_transition
-from notebookd.ports import describe_holder, port_holder
-from notebookd.probe import http_status
+from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
+from notebookd.listeners import PortTaken, SocketBook
+from notebookd.ports import port_holder
+from notebookd.probe import Unprobed, http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.tokens import TokenStore
 
@@ -107,7 +109,10 @@ class NativeServer:
     async def _supervise(self) -> None:
         try:
             while self._want:
-                failure = await self._run_once()
+                try:
+                    failure = await self._run_once()
+                except Exception as exc:  # noqa: BLE001 - a bug here ends no server for good, and no one else's
+                    failure = await self._recover(exc)
                 if not self._want:
                     break
                 self.failures += 1
@@ -115,7 +120,9 @@ class NativeServer:
                 self.last_error = failure
                 crashloop = self.failures >= self.spec.restart.crashloop_after
                 delay = self._backoff()
-                self._transition(S.CRASHLOOP if crashloop else S.BACKOFF, f"{failure}; retry in {delay:.0f}s")
+                target = S.CRASHLOOP if crashloop else S.BACKOFF
+                if target in TRANSITIONS[self.state]:  # after a supervision error it may already wait
+                    self._transition(target, f"{failure}; retry in {delay:.0f}s")
                 await self._sleep(delay)
                 if self._want:
                     self.restarts += 1
@@ -132,6 +139,18 @@ class NativeServer:
                     await self._terminate("stop requested")
                 if self.state is not S.STOPPED:
                     self._transition(S.STOPPED)
+
+    async def _recover(self, exc: Exception) -> str:
+        """An unexpected error in one life of the server: log it, make sure no untracked process is
+        left behind, and let the loop start the server again after the usual backoff."""
+        log.exception("%s: supervision error; the server is restarted", self.spec.name)
+        why = f"notebookd error while supervising: {exc}"
+        try:
+            if self.state in (S.STARTING, S.RUNNING) or self.pid is not None:
+                await self._terminate(why)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: cannot stop it after a supervision error", self.spec.name)
+        return why
 
     def _backoff(self) -> float:
         r = self.spec.restart
@@ -159,10 +178,19 @@ class NativeServer:
             async with self.host.start_slots.slot(self._urgent):
                 if adopting:
                     self._adopt(record)
+                    self._hold_socket(from_pid=record.pid, strict=False)
                 else:
                     if record is not None:  # started with another spec while no daemon watched
                         await procs.stop_tree(record.pid, self.spec.account.uid, self.marker,
                                               self.spec.settings.stop_timeout)
+                    elif self.spec.name not in self.host.sockets.names() and port_holder(self.spec.ip,
+                                                                                         self.spec.port):
+                        # no record (lost, damaged) but maybe our own earlier server: it carries the marker
+                        killed = await procs.stop_tree(None, self.spec.account.uid, self.marker,
+                                                       self.spec.settings.stop_timeout)
+                        if killed:
+                            log.warning("%s: stopped an earlier server without a record (pids %s)",
+                                        self.spec.name, ", ".join(map(str, killed)))
                     await self._spawn()
                 outcome = await self._wait_ready()
         except SpawnError as exc:
@@ -208,6 +236,9 @@ class NativeServer:
                 status = await http_status(spec.ip, spec.port, spec.base_url + "api", timeout=5, tls=spec.tls.enabled)
                 if status == 200:
                     return "ready"
+                if isinstance(status, Unprobed):  # the daemon's shortage is not the server's time
+                    deadline += pause
+                    self.host.throttle.warn("probe", "%s: %s", spec.name, status)
                 if time.monotonic() > deadline:
                     return f"not ready after {spec.settings.start_timeout:g}s (last probe: {status})"
                 await asyncio.wait([self._exit, waker], timeout=pause, return_when=asyncio.FIRST_COMPLETED)
@@ -229,6 +260,9 @@ class NativeServer:
                                            tls=self.spec.tls.enabled)
                 if status == 200:
                     self.health_failures = 0
+                    continue
+                if isinstance(status, Unprobed):
+                    self.host.throttle.warn("probe", "%s: %s", self.spec.name, status)
                     continue
                 self.health_failures += 1
                 self.last_error = f"health check failed ({self.health_failures}/{health.failures}): {status}"
@@ -259,14 +293,14 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} no longer exists") from None
         if now.pw_uid != acc.uid:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
-        if port_holder(spec.ip, spec.port):
-            raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
+        listener = self._hold_socket()
         fork = spec.settings.spawn == "fork"
         try:  # the template child reports a root_dir it cannot enter itself: no check needed for it
             run = await launch.prepare(spec, self.host.run_dir, self.host.access, system=self.host.system,
                                        check_root_dir=not fork)
         except NotReady as exc:
             raise SpawnError(str(exc)) from None
+        drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
         identity = {}
         if self.host.system:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
@@ -275,14 +309,19 @@ class NativeServer:
             if fork:  # the same argv, env, identity: see forkserver.py
                 self.proc = await self.host.fork_server().spawn(
                     list(run.args), run.env, run.cwd,
-                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep)
+                    (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep,
+                    listener.fileno(), drain)
             else:
+                try:
+                    argv = launcher.wrap(list(run.argv), listener.fileno(), drain, run.python)
+                except ValueError as exc:
+                    raise SpawnError(str(exc)) from None
                 # Popen's cwd= would chdir as root, before the identity change: a user's symlink would
                 # take the server into a directory only root may enter. The cd runs as the user.
                 popen = subprocess.Popen(
-                    [*launch.enter(run.cwd), *run.argv], env=run.env, cwd="/", stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=out, pass_fds=(keep,), start_new_session=True, umask=0o077,
-                    close_fds=True, **identity,
+                    [*launch.enter(run.cwd), *argv], env=run.env, cwd="/", stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=out, pass_fds=(keep, listener.fileno()), start_new_session=True,
+                    umask=0o077, close_fds=True, **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
@@ -293,7 +332,21 @@ class NativeServer:
             os.close(out)
             os.close(keep)
         self._exit = self.proc.watch(self.pipe.drain)
-        self.host.records.write(spec, self.proc.pid)
+        try:
+            self.host.records.write(spec, self.proc.pid)
+        except Exception as exc:  # noqa: BLE001 - e.g. ENOSPC; psutil's errors are not OSErrors
+            # the server runs and is watched; only a later daemon could not adopt it
+            log.error("%s: cannot write its record (a restarted notebookd will not adopt it): %s", spec.name, exc)
+
+    def _hold_socket(self, from_pid: int | None = None, strict: bool = True):
+        """The listening socket notebookd holds for this user (listeners.py); bound on first use."""
+        try:
+            return self.host.sockets.hold(self.spec.name, self.spec.ip, self.spec.port, from_pid)
+        except PortTaken as exc:
+            if strict:
+                raise SpawnError(str(exc)) from None
+            log.warning("%s: %s; the adopted server keeps its own socket", self.spec.name, exc)
+            return None
 
     def _adopt(self, record: Record) -> None:
         self.proc = procs.ServerProcess(record.pid)
@@ -340,9 +393,11 @@ class NativeBackend:
         self.detaching = False  # the daemon exits for an upgrade and leaves every server running
         self.access = Access(state_dir, tokens)
         self.servers: dict[str, NativeServer] = {}
+        self.sockets = SocketBook()  # every configured user's listening socket, whatever their server does
         self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
         self._fork_server: ForkServer | None = None
         self.changed = on_change
+        self.throttle = Throttle()  # messages about the daemon's own shortages, not one server's
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
         self.proc_table = procs.ProcessTable()  # one look at /proc for the stops that start together
 
@@ -370,10 +425,20 @@ class NativeBackend:
             self._fork_server = None
 
     # -- files --
+    def _sink(self, spec: ServerSpec) -> RotatingFile:
+        """The server's log file, opened (so that a bad logs.dir fails here, naming the place)."""
+        try:
+            ensure_dir(spec.logs.dir, 0o755)
+            sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
+                                uid=self.root_uid, gid=self.root_uid,
+                                reader=spec.account.uid if self.system else None)
+            sink._open()
+        except OSError as exc:
+            raise OSError(f"cannot write its log in {spec.logs.dir}: {exc.strerror or exc}") from None
+        return sink
+
     def log_pipe(self, spec: ServerSpec) -> LogPipe:
-        ensure_dir(spec.logs.dir, 0o755)
-        sink = RotatingFile(os.path.join(spec.logs.dir, f"{spec.name}.log"), spec.logs.max_size, spec.logs.keep,
-                            uid=self.root_uid, gid=spec.account.gid)
+        sink = self._sink(spec)
         pipe = LogPipe(os.path.join(self.run_dir, "logs", f"{spec.name}.pipe"), sink)
         pipe.open()
         asyncio.get_running_loop().add_reader(pipe.fd, pipe.drain)
@@ -415,10 +480,12 @@ class NativeBackend:
         server = self.servers.get(spec.name)
         if server is None:
             return await self.start(spec, urgent)
+        sink = self._sink(spec) if server.spec.logs != spec.logs else None  # fails before anything stops
         await server.stop()
-        if server.spec.logs != spec.logs:
-            self._close_pipe(server)
-            server.pipe = self.log_pipe(spec)
+        if sink is not None:
+            server.pipe.drain()
+            server.pipe.sink.close()
+            server.pipe.sink = sink  # the same FIFO, now written to the new place
         server.spec = spec
         server.start(urgent)
 
@@ -440,6 +507,22 @@ class NativeBackend:
         if server is not None:
             await server.stop()
             self._close_pipe(server)
+        self.sockets.release(name)  # the port is free the moment the user is no longer configured
+
+    def hold_sockets(self, specs: dict[str, ServerSpec]) -> dict[str, str]:
+        """Hold the socket of every configured user, servers up or not (held stopped by an admin
+        too); returns why a user's could not be held. Running servers' sockets are held already."""
+        problems = {}
+        for name, spec in specs.items():
+            server = self.servers.get(name)
+            if server is not None and server.wanted:
+                continue  # its own start holds it (or takes it back from an adopted process)
+            leftover = self.leftovers.get(name)
+            try:
+                self.sockets.hold(name, spec.ip, spec.port, leftover.pid if leftover else None)
+            except PortTaken as exc:
+                problems[name] = str(exc)
+        return problems
 
     def status(self) -> dict[str, ServerStatus]:
         rows = {n: s.status() for n, s in self.servers.items()}
@@ -478,6 +561,7 @@ class NativeBackend:
         for server in self.servers.values():
             self._close_pipe(server)
         self._close_fork_server()
+        self.sockets.close()
 
     async def detach(self) -> None:
         """Let go of every server without stopping it: for a daemon restart (upgrade).
@@ -491,3 +575,4 @@ class NativeBackend:
         for server in self.servers.values():
             self._close_pipe(server)
         self._close_fork_server()
+        self.sockets.close()  # running servers keep their copies; the next daemon takes them back

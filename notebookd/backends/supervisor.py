@@ -23,7 +23,7 @@ from notebookd.backends import xmlrpc
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
 from notebookd.config import Supervisor
-from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.fsutil import ensure_dir, grant_only, write_atomic
 from notebookd.model import ServerSpec
 from notebookd.tokens import TokenStore
 
@@ -149,11 +149,16 @@ class SupervisorManager:
 
     async def install(self, spec: ServerSpec, access: Access) -> bool:
         run = await launch.prepare(spec, self.run_dir, access)
-        # supervisord creates and rotates the log files itself, mode 0644: a 0750 directory per user
-        # (root, the user's group) keeps them from other users
+        # supervisord creates and rotates the log files itself, mode 0644: a 0750 directory per user,
+        # root's, that only the user may enter besides root (an ACL: not the user's whole group)
         logdir = os.path.join(spec.logs.dir, spec.name)
         ensure_dir(spec.logs.dir, 0o755)
-        ensure_dir(logdir, 0o750, 0, spec.account.gid)
+        ensure_dir(logdir, 0o750, 0, 0)
+        fd = os.open(logdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            grant_only(fd, spec.account.uid, 0o5)
+        finally:
+            os.close(fd)
         logfile = os.path.join(logdir, f"{spec.name}.log")
         text = section(spec, run, logfile)
         async with self._lock:

@@ -1,0 +1,209 @@
+"""Run a jupyter_server on a listening socket it is handed, instead of one it binds.
+
+notebookd holds every configured user's listening socket (see notebookd/sockets.py), so a server
+must accept on that socket and never bind. Neither jupyter_server 1.23 (Debian) nor 2.x (PyPI) can
+take a socket: both bind in `ServerApp._bind_http_server_tcp`, and 2.x first test-binds the port in
+`_find_http_port`. This launcher replaces both, then runs the server unchanged.
+
+It runs as the user, in the server's own interpreter, by path:
+
+    PYTHON -I /…/notebookd/launcher.py --listen-fd N [--drain SECONDS] -m jupyter_server ARGS…
+    PYTHON -I /…/notebookd/launcher.py --listen-fd N [--drain SECONDS] /path/to/jupyter-server ARGS…
+
+so it imports nothing from notebookd (that interpreter need not have notebookd: Debian's
+/usr/bin/python3 with a pip-installed notebookd), and is root-owned like the rest of the package.
+`spawn: fork` imports it in the template instead and calls `install()`.
+
+Stopping (SIGTERM, or anything else that calls `ServerApp.stop`) hands over gracefully: the server
+closes its copy of the listening socket at once (connections that arrive from then on wait in the
+socket's backlog, which notebookd keeps, for the next server), lets every request it already
+accepted finish (at most `--drain` seconds; keep-alive is switched off meanwhile, so clients
+reconnect to the backlog), and only then stops as jupyter_server does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+DEFAULT_DRAIN = 5.0
+
+
+class _Counted:
+    """Wraps tornado's per-request delegate to count requests still being answered."""
+
+    def __init__(self, delegate, connection, book: "_InFlight"):
+        self._delegate = delegate
+        self._book = book
+        self._done = True  # until its headers arrive: a keep-alive connection waits here between requests
+        finish, detach = connection.finish, getattr(connection, "detach", None)
+
+        def finished(*args, **kwargs):
+            try:
+                return finish(*args, **kwargs)
+            finally:
+                self._end()
+
+        def detached(*args, **kwargs):  # a WebSocket takes over the stream: no longer a request
+            self._end()
+            return detach(*args, **kwargs)
+
+        connection.finish = finished
+        if detach is not None:
+            connection.detach = detached
+
+    def _end(self) -> None:
+        if not self._done:
+            self._done = True
+            self._book.count -= 1
+
+    def headers_received(self, start_line, headers):
+        if self._done:
+            self._done = False
+            self._book.count += 1
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self._delegate.data_received(chunk)
+
+    def finish(self):
+        return self._delegate.finish()
+
+    def on_connection_close(self):
+        self._end()
+        return self._delegate.on_connection_close()
+
+
+class _InFlight:
+    count = 0
+
+
+def listening_socket(fd: int) -> socket.socket:
+    """The inherited socket, checked, non-blocking (tornado's accept loop needs that) and kept from
+    every child the server starts (kernels, terminals): close-on-exec."""
+    sock = socket.socket(fileno=fd)
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise SystemExit(f"notebookd launcher: fd {fd} is not a listening TCP socket")
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    return sock
+
+
+def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
+    """Make every ServerApp of this process serve on `sock` and hand over gracefully when stopped."""
+    from jupyter_server.serverapp import ServerApp
+
+    original_stop = ServerApp.stop
+    inflight = _InFlight()
+
+    def _find_http_port(self) -> None:  # 2.x: no test bind; the port is the one notebookd holds
+        self.port = sock.getsockname()[1]
+
+    def _bind_http_server_tcp(self) -> bool:
+        server = self.http_server
+        start_request = server.start_request
+
+        def counted(server_conn, request_conn):
+            return _Counted(start_request(server_conn, request_conn), request_conn, inflight)
+
+        server.start_request = counted
+        server.add_sockets([sock])
+        self.port = sock.getsockname()[1]
+        return True
+
+    def stop(self, from_signal: bool = False) -> None:
+        if getattr(self, "_notebookd_draining", False):
+            return
+        self._notebookd_draining = True
+        loop = getattr(self, "io_loop", None)
+        server = getattr(self, "_http_server", None)
+        if loop is None or server is None:
+            return original_stop(self, from_signal)
+
+        async def handover() -> None:
+            import asyncio
+
+            server.stop()  # closes this process's copy only: the backlog stays with notebookd
+            server.conn_params.no_keep_alive = True  # shared by every connection: each closes after its answer
+            self.log.info("notebookd: stopped accepting; %d request(s) to finish", inflight.count)
+            deadline = time.monotonic() + drain
+            while inflight.count > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if inflight.count:
+                self.log.warning("notebookd: %d request(s) still open after %gs", inflight.count, drain)
+            original_stop(self, False)
+
+        if from_signal:
+            getattr(loop, "add_callback_from_signal", loop.add_callback)(handover)
+        else:
+            loop.add_callback(handover)
+
+    ServerApp._find_http_port = _find_http_port
+    ServerApp._bind_http_server_tcp = _bind_http_server_tcp
+    ServerApp.stop = stop
+
+
+def wrap(argv: list[str], fd: int, drain: float, python: str | None) -> list[str]:
+    """The server's `argv` run under this launcher with socket `fd`. For the daemon: `argv` is
+    `PYTHON [FLAGS] -m MODULE ARGS` or `SCRIPT ARGS` (`python`: the interpreter of its #! line)."""
+    ours = [os.path.abspath(__file__), f"--listen-fd={fd}", f"--drain={drain:g}"]
+    if os.path.basename(argv[0]).startswith("python"):
+        flags = []
+        for word in argv[1:]:
+            if not word.startswith("-") or word == "-m":
+                break
+            flags.append(word)
+        return [argv[0], *flags, *ours, *argv[1 + len(flags):]]
+    if python is None:
+        raise ValueError(f"cannot tell which Python runs {argv[0]}")
+    return [python, "-I", *ours, *argv]
+
+
+def _parse(argv: list[str]) -> tuple[int, float, list[str]]:
+    fd, drain, rest = None, DEFAULT_DRAIN, list(argv)
+    while rest and rest[0].startswith("--"):
+        word = rest.pop(0)
+        name, _, value = word.partition("=")
+        if not value and rest:
+            value = rest.pop(0)
+        if name == "--listen-fd":
+            fd = int(value)
+        elif name == "--drain":
+            drain = float(value)
+        else:
+            raise SystemExit(f"notebookd launcher: unknown option {name}")
+    if fd is None and os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+        fd = 3  # systemd socket activation
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)  # not for the kernels
+    if fd is None or not rest:
+        raise SystemExit("usage: launcher.py --listen-fd N [--drain S] (-m MODULE | SCRIPT) ARGS...")
+    return fd, drain, rest
+
+
+def main(argv: list[str]) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # notebookd's modules shadow nothing
+    fd, drain, rest = _parse(argv)
+    install(listening_socket(fd), drain)
+    import runpy
+
+    if rest[0] == "-m":
+        module, args = rest[1], rest[2:]
+        sys.argv = [module, *args]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(rest)
+        sys.path[0] = os.path.dirname(os.path.abspath(rest[0]))
+        runpy.run_path(rest[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,121 @@
+"""The listening sockets notebookd holds, one per configured user, for as long as the user is configured.
+
+The daemon binds each user's (address, port) itself, as root, and keeps the socket whatever the
+user's server is doing: while no server accepts (starting, backoff, stopped, killed) connections
+wait in the socket's backlog, and no other process can bind that address and port. Servers never
+bind: they are handed this socket (notebookd/launcher.py) and accept on it.
+
+A server left running by an earlier daemon has its own copy of the socket; the next daemon takes
+it back from that process (pidfd_getfd) rather than binding a new one, which would fail.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+from dataclasses import dataclass
+
+from notebookd.ports import describe_holder
+
+BACKLOG = 1024  # connections that may wait while no server accepts (capped by net.core.somaxconn)
+_SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (since 5.6)
+
+
+class PortTaken(Exception):
+    """The user's address and port cannot be held (the message names the holder)."""
+
+
+@dataclass
+class Held:
+    ip: str
+    port: int
+    sock: socket.socket
+
+
+def bind(ip: str, port: int) -> socket.socket:
+    """A listening TCP socket on exactly `ip`:`port`, close-on-exec (handed on only on purpose)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # an earlier server's TIME_WAIT is no holder
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # "::" is v6 only, as in tornado
+        sock.bind((ip, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortTaken(f"port {port} on {ip} is in use by {describe_holder(ip, port)}") from None
+        raise PortTaken(f"cannot bind {ip}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def take_from(pid: int, ip: str, port: int) -> socket.socket | None:
+    """A copy of the socket listening on `ip`:`port` that process `pid` holds, or None."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        for entry in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(entry), 0)
+            if fd < 0:
+                continue
+            sock = socket.socket(fileno=fd)
+            try:
+                if (sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                        and sock.getsockname()[:2] == (ip, port)):
+                    sock.set_inheritable(False)
+                    return sock
+            except OSError:
+                pass
+            sock.close()
+    except OSError:
+        return None
+    finally:
+        os.close(pidfd)
+    return None
+
+
+class SocketBook:
+    """User name -> the socket notebookd holds for them."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, Held] = {}
+
+    def get(self, name: str) -> socket.socket | None:
+        held = self._held.get(name)
+        return held.sock if held else None
+
+    def hold(self, name: str, ip: str, port: int, from_pid: int | None = None) -> socket.socket:
+        """The user's socket on `ip`:`port`: the one held already, else taken from `from_pid` (a
+        server left by an earlier daemon), else bound now. Raises PortTaken."""
+        held = self._held.get(name)
+        if held is not None and (held.ip, held.port) == (ip, port):
+            return held.sock
+        self.release(name)  # moved to another address or port: the old one is free at once
+        sock = take_from(from_pid, ip, port) if from_pid else None
+        if sock is None:
+            sock = bind(ip, port)
+        self._held[name] = Held(ip, port, sock)
+        return sock
+
+    def release(self, name: str) -> None:
+        held = self._held.pop(name, None)
+        if held is not None:
+            held.sock.close()
+
+    def names(self) -> set[str]:
+        return set(self._held)
+
+    def close(self) -> None:
+        for name in list(self._held):
+            self.release(name)
