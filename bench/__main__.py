@@ -18,7 +18,6 @@ import os
 import platform
 import pwd
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -29,9 +28,11 @@ import sys
 import tempfile
 import time
 
-from notebookd import config as configmod, desired as desiredmod, jupyter
+from notebookd import config as configmod, desired as desiredmod, launch
+from notebookd.access import Access
 from notebookd.paths import Layout
 from notebookd.probe import http_status
+from notebookd.tokens import TokenStore
 
 PY = sys.executable
 BIN = os.path.dirname(PY)
@@ -189,29 +190,11 @@ class Setup:
     def targets(self):
         return [(s.ip, s.port, s.base_url) for s in self.specs.values()]
 
-    def server_files(self, name: str) -> tuple[list[str], dict[str, str]]:
-        """What notebookd would write for `name` (own copies under this setup), argv and env."""
-        spec = self.specs[name]
-        acc = spec.account
-        base = os.path.join(self.dir, "servers", name)
-        os.makedirs(base, exist_ok=True)
-        os.chown(base, 0, acc.gid)
-        os.chmod(base, 0o750)
-        files = {"config": os.path.join(base, "jupyter_server_config.json"),
-                 "token": os.path.join(base, "token"), "runtime": os.path.join(base, "runtime")}
-        open(os.path.join(base, "migrated"), "w").close()
-        words = jupyter.command(spec)
-        with open(files["config"], "w") as fh:
-            json.dump(jupyter.server_config(spec, jupyter.major_version(words)), fh)
-        os.chmod(files["config"], 0o644)
-        with open(files["token"], "w") as fh:
-            fh.write(secrets.token_hex(24))
-        os.chown(files["token"], acc.uid, acc.gid)
-        os.chmod(files["token"], 0o400)
-        os.makedirs(files["runtime"], exist_ok=True)
-        os.chown(files["runtime"], acc.uid, acc.gid)
-        os.chmod(files["runtime"], 0o700)
-        return jupyter.argv(spec, files["config"], words), jupyter.environment(spec, files, f"{name}@{self.dir}")
+    def server_files(self, name: str) -> launch.Launch:
+        """What notebookd prepares for `name`: launch.prepare, the daemon's own path (files under this
+        setup's dir, not the daemon's)."""
+        state = os.path.join(self.dir, "state")
+        return asyncio.run(launch.prepare(self.specs[name], self.dir, Access(state, TokenStore(state))))
 
 
 class Notebookd:
@@ -259,10 +242,10 @@ class Supervisord:
             "[supervisorctl]", f"serverurl=unix://{d}/supervisor.sock", "",
         ]
         for name, spec in setup.specs.items():
-            argv, env = setup.server_files(name)
+            run = setup.server_files(name)
             options = {
-                "command": " ".join(_sv_quote(a) for a in argv), "user": name, "directory": spec.root_dir,
-                "umask": "077", "environment": ",".join(f'{k}="{_sv_escape(v)}"' for k, v in env.items()),
+                "command": " ".join(_sv_quote(a) for a in run.argv), "user": name, "directory": run.cwd,
+                "umask": "077", "environment": ",".join(f'{k}="{_sv_escape(v)}"' for k, v in run.env.items()),
                 "autostart": "true", "autorestart": "true", "startsecs": "1", "startretries": "1000",
                 "stopasgroup": "true", "killasgroup": "true", "stopwaitsecs": str(int(spec.settings.stop_timeout)),
                 "redirect_stderr": "true", "stdout_logfile": f"{d}/svlogs/{name}.log",
@@ -312,14 +295,14 @@ class Plain:
     def start(self):
         todo = []
         for name, spec in self.setup.specs.items():
-            argv, env = self.setup.server_files(name)
-            todo.append((spec, argv, env))
+            run = self.setup.server_files(name)
+            todo.append((spec, [*launch.enter(run.cwd), *run.argv], run.env))  # cd as the user, as notebookd
         self.t0 = time.monotonic()
         for spec, argv, env in todo:
             acc = spec.account
             out = open(os.path.join(self.setup.dir, f"{acc.name}.log"), "ab")
             self.procs.append(subprocess.Popen(
-                argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 user=acc.uid, group=acc.gid, extra_groups=list(acc.groups), umask=0o077, start_new_session=True))
             out.close()
 
@@ -341,7 +324,7 @@ class Plain:
 
 # ------------------------------------------------------------------ scenarios
 
-def cold(work: str, users: list[str], system: str, rep: int) -> dict:
+def cold(work: str, users: list[str], system: str, rep: int, settle: float = 5) -> dict:
     """N servers from nothing to all ready; then PSS per idle server; then stop all."""
     n = len(users)
     server = {"spawn": "fork"} if system == "notebookd fork" else {}
@@ -353,7 +336,7 @@ def cold(work: str, users: list[str], system: str, rep: int) -> dict:
         t0 = runner.t0
     ready = asyncio.run(wait_ready(setup.targets(), t0, 600))
     result = {"first": min(ready), "mean": statistics.fmean(ready), "last": max(ready)}
-    time.sleep(5)  # idle: PSS of a server that has started and settled
+    time.sleep(settle)  # idle: PSS of a server that has started and settled
     pids = runner.server_pids()
     result["pss"] = (sum(map(pss_bytes, pids)) + sum(map(pss_bytes, runner.extra_pids()))) / max(1, len(pids))
     all_pids = [p for name in users for p in uid_pids(pwd.getpwnam(name).pw_uid)]
@@ -367,7 +350,7 @@ def cold(work: str, users: list[str], system: str, rep: int) -> dict:
     return result
 
 
-def status_and_idle(work: str, users: list[str], calls: int, idle_seconds: float) -> dict:
+def status_and_idle(work: str, users: list[str], calls: int, idle_seconds: float, settle: float = 3) -> dict:
     """100 configured users, stub servers, both daemons up at once: status latency (A B A B) and
     each daemon's idle CPU and RSS over the same window (notebookd's health checks on, every 30 s)."""
     stub = os.path.join(work, "stub.py")
@@ -382,7 +365,7 @@ def status_and_idle(work: str, users: list[str], calls: int, idle_seconds: float
         for runner in (nbd, sv):
             ready = asyncio.run(wait_ready(runner.setup.targets(), time.monotonic(), 300))
             assert max(ready) < 300, "stub servers did not come up"
-        time.sleep(3)
+        time.sleep(settle)
         lat = {"notebookd": [], "supervisord": []}
         for i in range(calls):
             for name, runner in (("notebookd", nbd), ("supervisord", sv))[:: 1 if i % 2 else -1]:
@@ -391,7 +374,7 @@ def status_and_idle(work: str, users: list[str], calls: int, idle_seconds: float
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 lat[name].append(time.perf_counter() - t)
                 assert out.stdout.count("\n") >= len(users), out.stdout[-500:] + out.stderr
-        time.sleep(3)  # let the 2 s memory cache of the last status expire; then stay idle
+        time.sleep(max(settle, 2.1))  # let the 2 s memory cache of the last status expire; then stay idle
         before = {n: cpu_seconds(r.proc.pid) for n, r in (("notebookd", nbd), ("supervisord", sv))}
         t = time.monotonic()
         time.sleep(idle_seconds)
@@ -519,10 +502,11 @@ def machine() -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20
     import jupyter_server
-    import supervisor.options
 
-    sv = getattr(supervisor.options, "VERSION", None) or subprocess.run(
-        [os.path.join(BIN, "supervisord"), "--version"], capture_output=True, text=True).stdout.strip()
+    sv = "not installed"
+    if os.path.exists(os.path.join(BIN, "supervisord")):
+        sv = subprocess.run([os.path.join(BIN, "supervisord"), "--version"], capture_output=True,
+                            text=True).stdout.strip()
     return (f"{platform.platform()}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python "
             f"{platform.python_version()}, jupyter_server {jupyter_server.__version__}, supervisor {sv}, "
             f"load average at start {os.getloadavg()[0]:.2f}")
@@ -534,9 +518,9 @@ def verdict(ok: bool) -> str:
 
 def table(res: dict, args) -> str:
     out = []
-    sv = "supervisord"
     for n, runs in sorted(res.get("cold", {}).items()):
-        out += [f"\n### Cold start, N = {n} ({len(runs[sv])} run(s) each, median; ratio = last ready / supervisord's)\n",
+        sv = "supervisord" if "supervisord" in runs else next(iter(runs))  # the smoke run may lack it
+        out += [f"\n### Cold start, N = {n} ({len(runs[sv])} run(s) each, median; ratio = last ready / {sv}'s)\n",
                 "| system | first ready | mean ready | last ready | ratio | stop all | ratio | PSS per idle server |",
                 "|---|---|---|---|---|---|---|---|"]
         base = {k: median([r[k] for r in runs[sv]]) for k in ("last", "stop", "pss")}
@@ -572,7 +556,8 @@ def table(res: dict, args) -> str:
                        f"{r['split']} | {r['lost']} | {r['bad']} |")
     out += ["\n### Targets\n", "| target | figure | |", "|---|---|---|"]
     cold_runs = res.get("cold", {})
-    if cold_runs:
+    sv = "supervisord"
+    if cold_runs and sv in cold_runs[max(cold_runs)]:
         n = max(cold_runs)
         runs = cold_runs[n]
         last = {k: median([r["last"] for r in v]) for k, v in runs.items()}
@@ -613,7 +598,10 @@ def table(res: dict, args) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="N=5, one run, 50 MB of log, 20 s idle")
+    ap.add_argument("--quick", action="store_true", help="N=5, one run, 50 MB of log, 35 s idle")
+    ap.add_argument("--smoke", action="store_true",
+                    help="N=2, one run, 2 status users, 2 MB of log, 1 s idle: that the bench still runs (the "
+                         "test suite runs it); without supervisord if it is not installed")
     ap.add_argument("--n", default=None, help="comma-separated server counts for the cold start (default 10,30)")
     ap.add_argument("--reps", type=int, default=None, help="runs of each cold start per system (default 3)")
     ap.add_argument("--systems", default="supervisord,notebookd exec,notebookd fork,plain")
@@ -625,14 +613,23 @@ def main() -> int:
     ap.add_argument("--scrape-window", type=float, default=None, help="seconds per scrape/idle window")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
-    q = args.quick
-    args.n = [int(x) for x in (args.n or ("5" if q else "10,30")).split(",")]
-    args.reps = args.reps or (1 if q else 3)
-    args.status_calls = args.status_calls or (11 if q else 31)
-    args.log_mb = args.log_mb or (50 if q else 200)
-    args.idle_seconds = args.idle_seconds or (35 if q else 65)
+    q, smoke = args.quick, args.smoke
+    args.n = [int(x) for x in (args.n or ("2" if smoke else "5" if q else "10,30")).split(",")]
+    args.reps = args.reps or (1 if q or smoke else 3)
+    args.status_calls = args.status_calls or (3 if smoke else 11 if q else 31)
+    args.log_mb = args.log_mb or (2 if smoke else 50 if q else 200)
+    args.idle_seconds = args.idle_seconds or (1 if smoke else 35 if q else 65)
+    if smoke:
+        args.status_users = min(args.status_users, 2)
     only = set(args.only.split(","))
     systems = [s.strip() for s in args.systems.split(",")]
+    if not os.path.exists(os.path.join(BIN, "supervisord")):
+        if not smoke:
+            print(f"bench/run: no supervisord in {BIN} (pip install supervisor)", file=sys.stderr)
+            return 2
+        log("no supervisord: a smoke run of notebookd alone (cold start only)")
+        systems = [s for s in systems if s != "supervisord"]
+        only &= {"cold"}
     if os.geteuid() != 0:
         print("bench/run: run as root (it creates users and runs servers as them)", file=sys.stderr)
         return 2
@@ -651,10 +648,11 @@ def main() -> int:
                 for rep in range(args.reps):
                     order = systems[rep % len(systems):] + systems[:rep % len(systems)]
                     for system in order:
-                        runs[system].append(cold(work, users[:n], system, rep))
+                        runs[system].append(cold(work, users[:n], system, rep, 0.5 if smoke else 5))
                 res["cold"][n] = runs
         if "status" in only:
-            res["status"] = status_and_idle(work, users[:args.status_users], args.status_calls, args.idle_seconds)
+            res["status"] = status_and_idle(work, users[:args.status_users], args.status_calls, args.idle_seconds,
+                                            0.5 if smoke else 3)
         if "logs" in only:
             res["logs"] = log_capture(work, users[0], args.log_mb * 10**6)
         if "scrape" in only:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
-from notebookd import desired as desiredmod, jupyter
+from notebookd import desired as desiredmod, launch
 from notebookd.config import Config
+from notebookd.preflight import PreflightError
 
 
-def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
+async def _user_side(specs: list, run_dir: str, system: bool) -> list[str]:
+    """root_dir and command, checked as each user (preflight.py): root resolves no path of a user's."""
+    async def one(where: str, spec) -> str | None:
+        try:
+            await launch.check(spec, run_dir, system)
+        except PreflightError as exc:
+            return f"{where}: {exc.reason}"
+        return None
+
+    found = await asyncio.gather(*(one(w, s) for w, s in specs))
+    return [e for e in found if e]
+
+
+def check(config: Config, system: bool, run_dir: str = "/run/notebookd") -> tuple[list[str], list[str]]:
     """(errors, notes): every problem found, each one line naming the file/line and the user."""
     errors: list[str] = []
     notes: list[str] = []
@@ -21,6 +36,7 @@ def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
 
     explicit: dict[int, str] = {}
     auto = 0
+    specs = []
     for entry in users:
         try:
             acc = desiredmod.account(entry.name)
@@ -34,13 +50,8 @@ def check(config: Config, system: bool) -> tuple[list[str], list[str]]:
             auto += 1
         else:
             explicit[entry.port] = entry.name
-        spec = desiredmod.spec_for(config, entry, acc, entry.port or 0)
-        if not os.path.isdir(spec.root_dir):
-            errors.append(f"{where(entry)}: root_dir {spec.root_dir} does not exist")
-        try:
-            jupyter.command(spec)
-        except FileNotFoundError as exc:
-            errors.append(f"{where(entry)}: {exc}")
+        specs.append((where(entry), desiredmod.spec_for(config, entry, acc, entry.port or 0)))
+    errors += asyncio.run(_user_side(specs, run_dir, system))
     errors += _backend_problems(config) + _metrics_problems(config)
     low, high = config.listen.ports
     free = sum(1 for p in range(low, high + 1) if p not in explicit)

@@ -145,7 +145,7 @@ def cmd_check_config(args) -> int:
     layout, config = _load(args)
     from notebookd import checks
 
-    errors, notes = checks.check(config, layout.system)
+    errors, notes = checks.check(config, layout.system, layout.run_dir)
     for line in errors:
         print(f"notebookd: {line}", file=sys.stderr)
     if errors:

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter
 
-from notebookd import (__version__, config as configmod, desired as desiredmod, fds, jupyter, kernelspecs, metrics,
+from notebookd import (__version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, metrics,
                        reconcile)
 from notebookd.access import uses_password, uses_token
 from notebookd.activity import ActivityBook
@@ -294,8 +294,8 @@ class Daemon:
         return {"daemon": self._daemon_info(), "servers": rows}
 
     async def on_url(self, cmd: str, args: dict, caller: str | None) -> dict:
-        return {"urls": {n: self._url(n) for n in self._names(args, caller, default_all=True)
-                         if n in self.desired.specs}}
+        names = [n for n in self._names(args, caller, default_all=True) if n in self.desired.specs]
+        return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n) for n in names))))}
 
     async def on_logs(self, cmd: str, args: dict, caller: str | None) -> dict:
         names = self._names(args, caller, default_all=False)
@@ -345,16 +345,14 @@ class Daemon:
                 self.stats.restarted(name, "requested")
             await asyncio.gather(*(self.backend.restart(s, urgent=True) for s in specs))
 
-    def _url(self, name: str) -> str:
+    async def _url(self, name: str) -> str:
         """The link a user opens: the server's UI (Lab, or the classic notebook), with the token
         unless the user logs in with a password only."""
         spec = self.desired.specs[name]
         path = json.loads(spec.settings.jupyter_config).get("ServerApp", {}).get("default_url")
         if path is None:
-            try:
-                path = jupyter.server_kind(jupyter.command(spec)).default_url
-            except FileNotFoundError:
-                path = None
+            # asked as the user (launch.server_kind): root runs nothing of the user's for a link
+            path = (await launch.server_kind(spec, self.layout.run_dir, self.layout.system)).default_url
         url = f"{spec.url(self._address(name))}{(path or '/').lstrip('/')}"
         if not uses_token(spec):
             return url  # password only: the login page asks for it
@@ -390,7 +388,7 @@ class Daemon:
             log.info("%s: token rotated", name)
             if uses_token(self.desired.specs[name]):
                 restarted = await self._restart_if_wanted(name)
-        return {"user": name, "token": self.tokens.get(name), "url": self._url(name), "restarted": restarted,
+        return {"user": name, "token": self.tokens.get(name), "url": await self._url(name), "restarted": restarted,
                 "auth": self.desired.specs[name].settings.auth}
 
     async def _passwd(self, args: dict, caller: str | None) -> dict:

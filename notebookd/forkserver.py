@@ -17,7 +17,11 @@ it only as a file path), the cwd, the identity, and the two log FIFO fds (SCM_RI
   then `ServerApp.launch_instance(argv)` in the same interpreter.
 
 The child reports the end of its setup over a close-on-exec pipe (an error text, or EOF when it
-is about to run the server), so a failed chdir or setuid is a spawn error, as with exec.
+is about to run the server), so a failed chdir or setuid is a spawn error, as with exec. The
+template polls every pending child's pipe together with its socket, each under a deadline: a child
+that never reports (its user can SIGSTOP it once it has the user's ids) is killed and its start
+answered with an error, and every other start goes on meanwhile. The daemon in turn waits for the
+template's answer under a deadline of its own, and replaces a template that gives none.
 
 Exit status: the servers are the template's children, so the template reaps them (SIGCHLD, a
 wakeup fd, no threads) and reports `{"exit": pid, "status": code}` on the socket, with Popen's
@@ -49,12 +53,16 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from notebookd.procs import ServerProcess
 
 log = logging.getLogger("notebookd")
 
 MAX_PACKET = 1 << 16
+REPORT_TIMEOUT = 20.0  # a child's setup (ids, fds, chdir) takes milliseconds; generous for a loaded machine
+ANSWER_GRACE = 10.0  # the daemon waits this much longer than the template's own deadline
+STARTUP_TIMEOUT = 300.0  # the template's imports: seconds, minutes on a machine busy starting many servers
 PR_SET_DUMPABLE = 4
 PR_SET_MM = 35
 PR_SET_MM_ARG_START, PR_SET_MM_ARG_END, PR_SET_MM_ENV_START, PR_SET_MM_ENV_END = 8, 9, 10, 11
@@ -65,18 +73,26 @@ class ForkError(Exception):
     """The template could not start a server (the message says why)."""
 
 
+class SetupError(Exception):
+    """A forked child's setup failed in a way its message says fully."""
+
+
 # ---------------------------------------------------------------- the daemon's side
 
 class ForkServer:
     """The daemon's handle on the template: started on first use, restarted if it dies."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, report_timeout: float = REPORT_TIMEOUT,
+                 stop_uid: int | None = None):
         self.python = python
+        self.report_timeout = report_timeout
+        self.stop_uid = stop_uid  # tests only: see _child
         self.proc = None
         self.sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future] = {}
         self._exits: dict[int, asyncio.Future] = {}
+        self._ready: asyncio.Future | None = None  # the template has imported what it preloads
 
     def _ensure(self) -> None:
         if self.sock is not None:
@@ -86,7 +102,8 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-I", "-u", "-m", "notebookd.forkserver", str(theirs.fileno())],
+                [self.python, "-I", "-u", "-m", "notebookd.forkserver", str(theirs.fileno()),
+                 repr(self.report_timeout), *([str(self.stop_uid)] if self.stop_uid is not None else [])],
                 pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
@@ -94,6 +111,7 @@ class ForkServer:
             theirs.close()
         ours.setblocking(False)
         self.sock = ours
+        self._ready = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
         log.info("fork server: template pid %d started", self.proc.pid)
 
@@ -102,6 +120,14 @@ class ForkServer:
         """Fork a server; `argv` is what follows `python -m jupyter_server`, `listen` the listening
         socket it accepts on (notebookd/launcher.py). Returns once it runs."""
         self._ensure()
+        ready = self._ready
+        try:  # its imports take seconds (more on a loaded machine); the per-start deadline starts after them
+            await asyncio.wait_for(asyncio.shield(ready), STARTUP_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._lost(f"not ready within {STARTUP_TIMEOUT:g}s", kill=True)
+            raise ForkError("fork server: the template did not start; a new one starts with the next fork") from None
+        if "error" in ready.result():
+            raise ForkError(ready.result()["error"])
         rid = next(self._ids)
         request = {"id": rid, "argv": argv, "env": env, "cwd": cwd, "drain": drain,
                    "identity": list(identity[:2]) + [list(identity[2])] if identity else None}
@@ -114,12 +140,15 @@ class ForkServer:
             self._replies.pop(rid, None)
             self._lost(f"cannot reach the template: {exc}")
             raise ForkError(f"fork server: {exc}") from None
-        reply = await fut
+        try:  # the template answers within its own deadline for the child; a template that does not is broken
+            reply = await asyncio.wait_for(fut, self.report_timeout + ANSWER_GRACE)
+        except asyncio.TimeoutError:
+            self._replies.pop(rid, None)
+            self._lost(f"no answer within {self.report_timeout + ANSWER_GRACE:g}s", kill=True)
+            raise ForkError("fork server: the template did not answer; a new one starts with the next fork") from None
         if "error" in reply:
             raise ForkError(reply["error"])
-        pid = reply["pid"]
-        self._exits[pid] = asyncio.get_running_loop().create_future()
-        return ForkedProcess(pid, self._exits[pid])
+        return ForkedProcess(reply["pid"], reply["exit_future"])
 
     def _readable(self) -> None:
         while self.sock is not None:
@@ -132,19 +161,31 @@ class ForkServer:
             if not data:
                 return self._lost("it exited")
             msg = json.loads(data)
-            if "exit" in msg:
+            if "ready" in msg:
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(msg)
+            elif "exit" in msg:
                 fut = self._exits.pop(msg["exit"], None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg["status"])
             else:
+                if "pid" in msg:
+                    # registered here, not when spawn() resumes: the exit of a server that ends at once
+                    # may be in the same read as this reply, before spawn() runs again
+                    msg["exit_future"] = self._exits[msg["pid"]] = asyncio.get_running_loop().create_future()
                 fut = self._replies.pop(msg["id"], None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
 
-    def _lost(self, why: str) -> None:
-        """The template is gone: fail waiting spawns; its servers live on, watched by pidfd."""
+    def _lost(self, why: str, kill: bool = False) -> None:
+        """The template is gone (or wedged: `kill`): fail waiting spawns; its servers live on, watched by pidfd."""
         log.warning("fork server: lost the template (%s); a new one starts with the next fork", why)
+        if kill and self.proc is not None:
+            self.proc.kill()
+        ready, self._ready = self._ready, None
         self._disconnect()
+        if ready is not None and not ready.done():
+            ready.set_result({"error": f"fork server lost: {why}"})
         for fut in self._replies.values():
             if not fut.done():
                 fut.set_result({"error": f"fork server lost: {why}"})
@@ -168,6 +209,9 @@ class ForkServer:
 
     def close(self) -> None:
         """End the template (not the servers: the daemon stops those itself)."""
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.done():
+            ready.set_result({"error": "fork server: closed"})
         self._disconnect()
         for fut in self._exits.values():
             if not fut.done():
@@ -261,7 +305,18 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def serve(sock: socket.socket) -> None:
+class _Pending:
+    """A forked child whose setup report (its status pipe) has not come in yet."""
+
+    def __init__(self, rid, pid: int, status_r: int, deadline: float):
+        self.rid, self.pid, self.fd, self.deadline = rid, pid, status_r, deadline
+        self.chunks: list[bytes] = []
+        self.exit: int | None = None  # reaped before its report was answered
+
+
+def serve(sock: socket.socket, report_timeout: float = REPORT_TIMEOUT, stop_uid: int | None = None) -> None:
+    """The template's loop. Never blocks on one child: each child's status pipe is polled with the rest,
+    under a deadline, so a child its user SIGSTOPs before its report costs that start only."""
     preload()
     gc.collect()
     gc.freeze()  # keep imported objects out of the collector: their pages stay shared after fork
@@ -272,8 +327,27 @@ def serve(sock: socket.socket) -> None:
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     private = [sock.fileno(), wake_r, wake_w]
+    _send(sock, {"ready": True})  # the daemon's per-start deadlines count from here
+    pending: dict[int, _Pending] = {}  # by status pipe fd
+    failed: set[int] = set()  # children whose start was answered with an error: their exit is not news
+
+    def answer(p: _Pending, error: str | None) -> None:
+        poller.unregister(p.fd)
+        os.close(p.fd)
+        del pending[p.fd]
+        if error is not None:
+            failed.add(p.pid)
+            _send(sock, {"id": p.rid, "error": error})
+            return
+        _send(sock, {"id": p.rid, "pid": p.pid})
+        if p.exit is not None:  # the reply goes first: the daemon learns the pid before its exit
+            _send(sock, {"exit": p.pid, "status": p.exit})
+
     while True:
-        for fd, _ in poller.poll():
+        now = time.monotonic()
+        timeout = min((p.deadline for p in pending.values()), default=None)
+        events = poller.poll(None if timeout is None else max(0, int((timeout - now) * 1000) + 1))
+        for fd, _ in events:
             if fd == wake_r:
                 while True:
                     try:
@@ -281,7 +355,18 @@ def serve(sock: socket.socket) -> None:
                             break
                     except BlockingIOError:
                         break
-            else:
+            elif fd in pending:
+                p = pending[fd]
+                try:
+                    chunk = os.read(fd, 4096)
+                except BlockingIOError:
+                    continue
+                if chunk and sum(map(len, p.chunks)) < 4000:
+                    p.chunks.append(chunk)
+                    continue
+                text = b"".join(p.chunks).decode(errors="replace")
+                answer(p, "cannot start the server: " + text if text else None)
+            elif fd == sock.fileno():
                 data, ancdata, _, _ = sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(3 * 4))
                 if not data:
                     return  # the daemon closed its end: leave; the servers keep running
@@ -289,8 +374,22 @@ def serve(sock: socket.socket) -> None:
                 for level, kind, payload in ancdata:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                         fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
-                _send(sock, _fork(json.loads(data), fds, sock, private))
-        _reap(sock)
+                started = _fork(json.loads(data), fds, sock, private, stop_uid)
+                if isinstance(started, dict):
+                    _send(sock, started)
+                else:
+                    rid, pid, status_r = started
+                    pending[status_r] = _Pending(rid, pid, status_r, time.monotonic() + report_timeout)
+                    poller.register(status_r, select.POLLIN)
+        now = time.monotonic()
+        for p in [p for p in pending.values() if p.deadline <= now]:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            answer(p, f"cannot start the server: its setup did not report within {report_timeout:g}s "
+                      "(stopped or stuck between the identity change and the start; killed)")
+        _reap(sock, pending, failed)
 
 
 def _send(sock: socket.socket, msg: dict) -> None:
@@ -300,7 +399,8 @@ def _send(sock: socket.socket, msg: dict) -> None:
         pass  # the daemon is gone; serve() sees EOF next
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket, pending: dict[int, _Pending], failed: set[int]) -> None:
+    by_pid = {p.pid: p for p in pending.values()}
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -308,10 +408,17 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+        code = os.waitstatus_to_exitcode(status)
+        if pid in by_pid:
+            by_pid[pid].exit = code  # told after the reply that names the pid
+        elif pid in failed:
+            failed.discard(pid)
+        else:
+            _send(sock, {"exit": pid, "status": code})
 
 
-def _fork(req: dict, fds: list[int], sock: socket.socket, private: list[int]) -> dict:
+def _fork(req: dict, fds: list[int], sock: socket.socket, private: list[int], stop_uid: int | None):
+    """Fork a child for `req`: (id, pid, status pipe read end), or an error reply."""
     rid = req.get("id")
     if len(fds) != 3:
         for fd in fds:
@@ -330,27 +437,22 @@ def _fork(req: dict, fds: list[int], sock: socket.socket, private: list[int]) ->
         try:
             os.close(status_r)
             sock.detach()  # its fd is closed below; the object must never close a reused number
-            code = _child(req, fds[0], fds[1], fds[2], status_w)
+            code = _child(req, fds[0], fds[1], fds[2], status_w, stop_uid)
         except BaseException as exc:  # never return into the template's loop
-            try:
-                os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
-            except OSError:
-                pass
+            text = str(exc) if isinstance(exc, SetupError) else f"{type(exc).__name__}: {exc}"
+            for fd in (status_w, 4):  # once _child has moved its fds, the status pipe is fd 4
+                try:
+                    os.write(fd, text.encode()[:4000])
+                    break
+                except OSError:
+                    continue
         finally:
             os._exit(code)
     os.close(status_w)
     for fd in fds:
         os.close(fd)
-    chunks = []
-    while True:
-        chunk = os.read(status_r, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(status_r)
-    if chunks:
-        return {"id": rid, "error": "cannot start the server: " + b"".join(chunks).decode(errors="replace")}
-    return {"id": rid, "pid": pid}
+    os.set_blocking(status_r, False)
+    return rid, pid, status_r
 
 
 def _show_in_proc(argv: list[str], env: dict[str, str]) -> None:
@@ -402,7 +504,7 @@ def drop_privileges(uid: int, gid: int, groups: list[int]) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def _child(req: dict, out: int, keep: int, listen: int, status_w: int) -> int:
+def _child(req: dict, out: int, keep: int, listen: int, status_w: int, stop_uid: int | None = None) -> int:
     """In the forked child: become the user, exactly as the exec path does, then run the server."""
     os.setsid()
     signal.set_wakeup_fd(-1)
@@ -426,8 +528,16 @@ def _child(req: dict, out: int, keep: int, listen: int, status_w: int) -> int:
     identity = req.get("identity")
     if identity is not None:
         drop_privileges(identity[0], identity[1], list(identity[2]))
+        if identity[0] == stop_uid:
+            # tests only (NOTEBOOKD_TEST_FORK_STOP_UID): what the user can do to their own child from
+            # here on by racing it, made deterministic: stop before the report
+            os.kill(os.getpid(), signal.SIGSTOP)
 
-    os.chdir(req["cwd"])
+    try:  # as the user: a symlink of theirs reaches only what they may enter anyway
+        os.chdir(req["cwd"])
+    except OSError as exc:
+        user = req["env"].get("USER", "?")
+        raise SetupError(f"{user} cannot enter root_dir {req['cwd']} ({exc.strerror})") from None
     os.umask(0o077)
     os.environ.clear()
     os.environ.update(req["env"])
@@ -464,7 +574,7 @@ def main(argv: list[str]) -> int:
         print("notebookd.forkserver: expects the fd of a SOCK_SEQPACKET unix socket", file=sys.stderr)
         return 2
     sock.setblocking(True)
-    serve(sock)
+    serve(sock, float(argv[2]) if len(argv) > 2 else REPORT_TIMEOUT, int(argv[3]) if len(argv) > 3 else None)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Everything jupyter-specific: a ServerSpec becomes argv, environment and a server config file.
 
 jupyter_server 2.x moved auth settings to IdentityProvider classes; Debian's 1.23 keeps them on
-ServerApp. The version is read from the interpreter that will run the server, once per interpreter.
+ServerApp. The version is read from the interpreter that will run the server: the daemon's own from its
+environment, any other by a probe run as the server's user (preflight.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import functools
 import json
 from dataclasses import dataclass
 import os
-import shutil
-import subprocess
 import sys
 
 from notebookd.fsutil import remove, write_atomic
@@ -24,32 +23,10 @@ _ENFORCED_ON_ARGV = ("ip", "port", "port_retries", "base_url", "open_browser")
 
 
 def command(spec: ServerSpec) -> list[str]:
-    """The server's argv[0..n] with argv[0] made absolute against the server's PATH."""
+    """The server's command words. A relative argv[0] is looked up in the server's PATH by
+    preflight.py, as the user: root never resolves it."""
     # -I: the user's ~/.local site-packages and PYTHON* variables do not reach the server process
-    words = list(spec.settings.command) or [sys.executable, "-I", "-m", "jupyter_server"]
-    if not os.path.isabs(words[0]):
-        found = shutil.which(words[0], path=spec.settings.path)
-        if found is None:
-            raise FileNotFoundError(f"command {words[0]!r} not found in PATH {spec.settings.path}")
-        words[0] = found
-    return words
-
-
-def interpreter(argv0: str) -> str | None:
-    """The Python that `argv0` runs: itself, or the one named in its #! line."""
-    if os.path.basename(argv0).startswith("python"):
-        return argv0
-    try:
-        with open(argv0, "rb") as fh:
-            first = fh.readline(256)
-    except OSError:
-        return None
-    if first.startswith(b"#!"):
-        words = first[2:].decode(errors="replace").split()
-        if words and os.path.basename(words[0]) == "env" and len(words) > 1:
-            return shutil.which(words[1])
-        return words[0] if words else None
-    return None
+    return list(spec.settings.command) or [sys.executable, "-I", "-m", "jupyter_server"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +37,9 @@ class ServerKind:
     default_url: str | None = None  # "/lab" with JupyterLab, "/tree" with nbclassic or notebook 7
 
 
-# Run by the server's own interpreter: finds packages without importing them.
-_PROBE = """
+# Run by the server's own interpreter, as the server's user (preflight.py): finds packages without
+# importing them.
+PROBE = """
 import importlib.metadata as m, importlib.util as u, json
 def version(name):
     try:
@@ -74,25 +52,41 @@ print(json.dumps({"server": version("jupyter_server"), "lab": u.find_spec("jupyt
 """
 
 
-@functools.lru_cache(maxsize=32)
-def _probe(python: str, mtime: float) -> ServerKind:
+def kind_from_probe(found: dict | None) -> ServerKind:
+    """The probe's answer, checked: it comes from a process the user could have tampered with, so only
+    a small major version and one of two known paths are taken from it."""
     try:
-        out = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30,
-                             env={"PATH": "/usr/bin:/bin"}).stdout
-        found = json.loads(out)
-        major = int(found["server"].split(".")[0])
-    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        major = int(str(found["server"]).split(".")[0])
+        if not 1 <= major <= 9:
+            raise ValueError(major)
+    except (TypeError, ValueError, KeyError):
         return ServerKind()  # the current major; a wrong guess only costs deprecation warnings in its log
-    return ServerKind(major, "/lab" if found["lab"] else "/tree" if found["tree"] else None)
+    return ServerKind(major, "/lab" if found.get("lab") is True else "/tree" if found.get("tree") is True else None)
 
 
-def server_kind(argv: list[str]) -> ServerKind:
-    """Probed once per interpreter (and again when the interpreter file changes)."""
-    python = interpreter(argv[0])
-    try:
-        return _probe(python, os.stat(python).st_mtime) if python else ServerKind()
-    except OSError:
-        return ServerKind()
+def own_kind(words: list[str]) -> ServerKind | None:
+    """The kind of the daemon's own interpreter (the default command), read from its own
+    root-installed environment; None for any other interpreter (probed as the user)."""
+    if words[0] != sys.executable:
+        return None
+    return _own_kind()
+
+
+@functools.cache
+def _own_kind() -> ServerKind:
+    import importlib.metadata as metadata
+    import importlib.util
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return ""
+
+    notebook = version("notebook").split(".")[0]
+    tree = importlib.util.find_spec("nbclassic") is not None or (notebook.isdigit() and int(notebook) >= 7)
+    return kind_from_probe({"server": version("jupyter_server"), "lab": importlib.util.find_spec("jupyterlab")
+                            is not None, "tree": tree})
 
 
 def server_config(spec: ServerSpec, kind: ServerKind, access=None) -> dict:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 import psutil
 
@@ -44,25 +45,52 @@ def describe_exit(returncode: int | None, core: bool = False) -> str:
     return f"killed by {name}" + (" (core dumped)" if core else "")
 
 
-def server_processes(pid: int | None, uid: int, marker: str) -> list[psutil.Process]:
+class ProcessTable:
+    """Every process's parent and real uid, from one pass over /proc shared by the stops that start
+    together (a stop-all of N servers reads /proc once, not 3N times). Only the first look of a stop
+    uses it; the looks for survivors after a grace period read /proc afresh."""
+
+    def __init__(self, max_age: float = 0.1):
+        self.max_age = max_age
+        self._taken = -1.0
+        self._rows: dict[int, tuple[psutil.Process, int, int]] = {}
+
+    def rows(self, fresh: bool = False) -> dict[int, tuple[psutil.Process, int, int]]:
+        now = time.monotonic()
+        if fresh or now - self._taken > self.max_age:
+            rows = {}
+            for proc in psutil.process_iter(["ppid", "uids"]):
+                uids = proc.info["uids"]
+                if uids is not None and proc.info["ppid"] is not None:
+                    rows[proc.pid] = (proc, proc.info["ppid"], uids.real)
+            self._rows, self._taken = rows, now
+        return self._rows
+
+
+def server_processes(pid: int | None, uid: int, marker: str, table: ProcessTable | None = None,
+                     fresh: bool = True) -> list[psutil.Process]:
+    """The server's process tree and every process of `uid` carrying its marker (kernels)."""
+    rows = (table or ProcessTable()).rows(fresh=fresh)
     found: dict[int, psutil.Process] = {}
-    if pid:
-        try:
-            root = psutil.Process(pid)
-            found[pid] = root
-            for child in root.children(recursive=True):
-                found[child.pid] = child
-        except psutil.Error:
-            pass
-    for proc in psutil.process_iter(["uids"]):
-        if proc.pid in found or not proc.info["uids"] or proc.info["uids"].real != uid:
+    if pid and pid in rows:
+        children: dict[int, list[int]] = {}
+        for child, (_, ppid, _) in rows.items():
+            children.setdefault(ppid, []).append(child)
+        todo = [pid]
+        while todo:
+            p = todo.pop()
+            if p not in found:
+                found[p] = rows[p][0]
+                todo.extend(children.get(p, ()))
+    for p, (proc, _, owner) in rows.items():
+        if p in found or owner != uid:
             continue
         try:
             if proc.environ().get(MARKER_VAR) == marker:
-                found[proc.pid] = proc
+                found[p] = proc
         except psutil.Error:
             continue
-    return list(found.values())
+    return [proc for proc in found.values() if _alive(proc)] if not fresh else list(found.values())
 
 
 def tree_memory(procs: list[psutil.Process]) -> int:
@@ -117,11 +145,13 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-async def stop_tree(pid: int | None, uid: int, marker: str, grace: float) -> list[int]:
+async def stop_tree(pid: int | None, uid: int, marker: str, grace: float,
+                    table: ProcessTable | None = None) -> list[int]:
     """SIGTERM the server's group, SIGKILL after `grace`; then the same for any stray kernel.
+    `table`: shared with the other stops of the same moment (NativeBackend's), for the first look.
 
     Returns the pids that needed SIGKILL (for the log)."""
-    procs = server_processes(pid, uid, marker)
+    procs = server_processes(pid, uid, marker, table, fresh=table is None)
     if not procs:
         return []
     if pid:

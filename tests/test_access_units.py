@@ -270,11 +270,29 @@ def _debian_major() -> str:
 @pytest.mark.skipif(_debian_major() != "1.", reason="needs Debian's python3-jupyter-server 1.x")
 def test_major_version_asks_the_interpreter_not_its_binary():
     """A venv's python is a symlink to /usr/bin/python3.11: same binary, other packages (auth keys
-    for 2.x given to 1.23 are ignored, and a password would be silently lost)."""
+    for 2.x given to 1.23 are ignored, and a password would be silently lost). The daemon's own
+    interpreter is read in-process; another is probed (here as the test's own user: identity=False)."""
+    import asyncio
     import sys
 
-    assert jupyter.server_kind(["/usr/bin/python3", "-m", "jupyter_server"]).major == 1
-    assert jupyter.server_kind([sys.executable, "-I", "-m", "jupyter_server"]).major == 2
+    from notebookd import preflight
+
+    debian = dataclasses.replace(_spec(), settings=dataclasses.replace(
+        ServerSettings(), command=("/usr/bin/python3", "-m", "jupyter_server")))
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/"}
+    found = asyncio.run(preflight.check(debian, env, identity=False, root_dir=False))
+    assert (found.argv0, found.kind.major) == ("/usr/bin/python3", 1)
+    assert jupyter.own_kind([sys.executable, "-I", "-m", "jupyter_server"]).major == 2
+    assert jupyter.own_kind(["/usr/bin/python3"]) is None
+
+
+def test_a_probe_answer_is_checked_before_use():
+    """The probe runs as the user, who could forge its answer: only a small major and a known path pass."""
+    assert jupyter.kind_from_probe({"server": "1.23.6", "lab": False, "tree": True}) == jupyter.ServerKind(1, "/tree")
+    assert jupyter.kind_from_probe({"server": "2.14", "lab": True}) == jupyter.ServerKind(2, "/lab")
+    for forged in (None, [], {"server": "99"}, {"server": "0"}, {"server": {"x": 1}}, {"server": "2", "lab": "/x"}):
+        kind = jupyter.kind_from_probe(forged)
+        assert kind.major == 2 and kind.default_url in (None,), forged
 
 
 def test_check_config_names_missing_access_files(tmp_path):

@@ -6,6 +6,7 @@ In the container notebookd runs as notebookd.service with `backend: systemd`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -56,8 +57,8 @@ def test_an_instance_with_notebookd_drop_in_passes_verify(tmp_path, users):
     spec = desired.spec_for(cfg, cfg.entry_for(user.pw_name), desired.account(user.pw_name), 8800)
     tokens = TokenStore(str(tmp_path / "state"))
     access = Access(str(tmp_path / "state"), tokens)
-    run = launch.prepare(spec, str(tmp_path / "run"), access, token_file=systemd.TOKEN_FILE,
-                         runtime_dir=f"/run/notebookd-user/{user.pw_name}")
+    run = asyncio.run(launch.prepare(spec, str(tmp_path / "run"), access, token_file=systemd.TOKEN_FILE,
+                                     runtime_dir=f"/run/notebookd-user/{user.pw_name}"))
     text = systemd.dropin(spec, run, os.path.join(tokens.dir, user.pw_name))
     assert tokens.get(user.pw_name) not in text
     assert "Environment=\"JUPYTER_TOKEN_FILE=%d/token\"" in text and "MemoryMax=1073741824" in text

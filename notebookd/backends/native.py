@@ -15,11 +15,11 @@ import pwd
 import subprocess
 import time
 
-from notebookd import activity, jupyter, kernelspecs, launcher, probe, procs
+from notebookd import activity, launch, launcher, probe, procs
 from notebookd.access import Access, NotReady
 from notebookd.fds import Throttle
-from notebookd.forkserver import ForkError, ForkServer
-from notebookd.fsutil import ensure_dir, write_atomic
+from notebookd.forkserver import REPORT_TIMEOUT, ForkError, ForkServer
+from notebookd.fsutil import ensure_dir
 from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
@@ -54,6 +54,7 @@ class NativeServer:
         self.last_error: str | None = None
         self.last_exit: str | None = None
         self.health_failures = 0
+        self.takes_socket = True  # what the last start's preflight found: a Python command (or fork)
         self.idled = False  # stopped for idleness (not by a stop): goes back to IDLE
         self.last_active: float | None = None
         self._urgent = False  # asked for (start/restart, crash or health restart): goes before bulk starts
@@ -82,7 +83,7 @@ class NativeServer:
 
     @property
     def marker(self) -> str:
-        return self.host._marker(self.spec.name)
+        return launch.marker(self.spec.name, self.host.run_dir)
 
     # -- commands from the backend --
     def start(self, urgent: bool = False) -> None:
@@ -349,54 +350,51 @@ class NativeServer:
             raise SpawnError(f"user {acc.name!r} no longer exists") from None
         if now.pw_uid != acc.uid:
             raise SpawnError(f"user {acc.name!r} changed uid ({acc.uid} -> {now.pw_uid}); reload to accept")
-        if not os.path.isdir(spec.root_dir):
-            raise SpawnError(f"root_dir {spec.root_dir} does not exist")
-        try:
-            words = jupyter.command(spec)
-        except FileNotFoundError as exc:
+        fork = spec.settings.spawn == "fork"
+        try:  # the template child reports a root_dir it cannot enter itself: no check needed for it
+            run = await launch.prepare(spec, self.host.run_dir, self.host.access, system=self.host.system,
+                                       check_root_dir=not fork)
+        except NotReady as exc:
             raise SpawnError(str(exc)) from None
-        python = None if spec.settings.spawn == "fork" else launcher.python_of(words, jupyter.interpreter(words[0]))
-        if spec.settings.spawn == "fork" or python:
+        self.takes_socket = bool(fork or run.python)
+        if self.takes_socket:
             listener = self._hold_socket()
         else:  # not a Python we can hand a socket to (a shell wrapper...): it binds its port itself
             listener = None
             self.host.sockets.release(spec.name)
             if port_holder(spec.ip, spec.port):
                 raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
-
-        files = self.host.server_files(spec)
-        try:  # token, password hash, TLS key: each readable by this user only (access.py)
-            access = self.host.access.install(spec, os.path.dirname(files["config"]), self.host.root_uid)
-        except NotReady as exc:
-            raise SpawnError(str(exc)) from None
-        jupyter.write_config(files["config"], spec, jupyter.server_kind(words), access, self.host.root_uid, acc.gid)
-        ensure_dir(files["runtime"], 0o700, acc.uid, acc.gid)
-        argv = jupyter.argv(spec, files["config"], words)
         drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
-        env = jupyter.environment(spec, files, self.marker, access)
         identity = {}
         if self.host.system:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))
         out, keep = self.pipe.writer_fds()
         try:
-            if spec.settings.spawn == "fork":  # the same argv, env, identity: see forkserver.py
+            if fork:  # the same argv, env, identity: see forkserver.py
                 self.proc = await self.host.fork_server().spawn(
-                    argv[len(words):], env, spec.root_dir,
+                    list(run.args), run.env, run.cwd,
                     (acc.uid, acc.gid, list(acc.groups)) if self.host.system else None, out, keep,
                     listener.fileno(), drain)
             else:
+                argv = list(run.argv)
                 if listener is not None:
-                    argv = launcher.wrap(argv, listener.fileno(), drain, python)
+                    try:
+                        argv = launcher.wrap(argv, listener.fileno(), drain, run.python)
+                    except ValueError as exc:
+                        raise SpawnError(str(exc)) from None
+                # Popen's cwd= would chdir as root, before the identity change: a user's symlink would
+                # take the server into a directory only root may enter. The cd runs as the user.
                 popen = subprocess.Popen(
-                    argv, env=env, cwd=spec.root_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    pass_fds=(keep, listener.fileno()) if listener is not None else (keep,), start_new_session=True,
+                    [*launch.enter(run.cwd), *argv], env=run.env, cwd="/", stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=out, pass_fds=(keep, listener.fileno()) if listener is not None else (keep,),
+                    start_new_session=True,
                     umask=0o077, close_fds=True, **identity,
                 )
                 self.proc = procs.ServerProcess(popen.pid, popen)
         except ForkError as exc:
             raise SpawnError(str(exc)) from None
         except OSError as exc:
-            raise SpawnError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            raise SpawnError(f"cannot run {run.argv[0]}: {exc.strerror or exc}") from None
         finally:
             os.close(out)
             os.close(keep)
@@ -424,7 +422,8 @@ class NativeServer:
     async def _terminate(self, why: str) -> None:
         if self.state is not S.STOPPING:
             self._transition(S.STOPPING, why)
-        killed = await procs.stop_tree(self.pid, self.spec.account.uid, self.marker, self.spec.settings.stop_timeout)
+        killed = await procs.stop_tree(self.pid, self.spec.account.uid, self.marker, self.spec.settings.stop_timeout,
+                                       self.host.proc_table)
         if killed:
             log.warning("%s: needed SIGKILL for pid(s) %s", self.spec.name, ", ".join(map(str, killed)))
         if self._exit is not None and not self._exit.done():
@@ -468,6 +467,7 @@ class NativeBackend:
         self.stats = Stats()  # restarts by reason, failed health checks, start durations (for the metrics)
         self.throttle = Throttle()  # messages about the daemon's own shortages, not one server's
         self._memory: tuple[float, dict[str, int]] = (0.0, {})
+        self.proc_table = procs.ProcessTable()  # one look at /proc for the stops that start together
 
     async def open(self) -> None:
         ensure_dir(os.path.join(self.run_dir, "servers"), 0o755)
@@ -481,7 +481,10 @@ class NativeBackend:
     def fork_server(self) -> ForkServer:
         """The template for `spawn: fork`, started on first use."""
         if self._fork_server is None:
-            self._fork_server = ForkServer()
+            # tests only: a shorter deadline, and a fork child of this uid that stops itself before its report
+            stop = os.environ.get("NOTEBOOKD_TEST_FORK_STOP_UID")
+            deadline = float(os.environ.get("NOTEBOOKD_TEST_FORK_REPORT_TIMEOUT", REPORT_TIMEOUT))
+            self._fork_server = ForkServer(report_timeout=deadline, stop_uid=int(stop) if stop else None)
         return self._fork_server
 
     def _close_fork_server(self) -> None:
@@ -490,22 +493,6 @@ class NativeBackend:
             self._fork_server = None
 
     # -- files --
-    def server_files(self, spec: ServerSpec) -> dict[str, str]:
-        base = os.path.join(self.run_dir, "servers", spec.name)
-        ensure_dir(base, 0o750, self.root_uid, spec.account.gid)
-        # jupyter_core migrates ~/.ipython config once and marks that by writing this file into
-        # the config dir, which is ours and read-only to the user: without it every start after
-        # the first kernel (which creates ~/.ipython) would fail.
-        migrated = os.path.join(base, "migrated")
-        if not os.path.exists(migrated):
-            write_atomic(migrated, b"", 0o644, self.root_uid, spec.account.gid)
-        return {
-            "config": os.path.join(base, "jupyter_server_config.json"),
-            "token": os.path.join(base, "token"),
-            "runtime": os.path.join(base, "runtime"),
-            "share": kernelspecs.share_dir(self.run_dir),  # shared kernels (kernelspecs.py)
-        }
-
     def _sink(self, spec: ServerSpec) -> RotatingFile:
         """The server's log file, opened (so that a bad logs.dir fails here, naming the place)."""
         try:
@@ -533,9 +520,6 @@ class NativeBackend:
     def claim(self, name: str) -> Record | None:
         """The record of a live server left by an earlier daemon for this user, once."""
         return self.leftovers.pop(name, None)
-
-    def _marker(self, name: str) -> str:
-        return f"{name}@{self.run_dir}"
 
     # -- the Backend contract --
     def names(self) -> set[str]:
@@ -585,7 +569,7 @@ class NativeBackend:
 
             log.info("%s: stopping server pid %d: no longer configured", name, leftover.pid)
             uid = psutil.Process(leftover.pid).uids().real if leftover.alive() else -1
-            await procs.stop_tree(leftover.pid, uid, self._marker(name), 10.0)
+            await procs.stop_tree(leftover.pid, uid, launch.marker(name, self.run_dir), 10.0)
             self.records.remove(name)
         server = self.servers.pop(name, None)
         if server is not None:
@@ -594,14 +578,13 @@ class NativeBackend:
         self.sockets.release(name)  # the port is free the moment the user is no longer configured
 
     def hands_socket(self, spec: ServerSpec) -> bool:
-        """Whether this user's server can be handed a socket: fork, or a Python command (launcher.py)."""
+        """Whether this user's server can be handed a socket: fork, or a Python command (launcher.py).
+        Only the last start's preflight (as the user) knows what a command runs; until then the port is
+        held, and a start that finds no Python lets go of it (`NativeServer._spawn`)."""
         if spec.settings.spawn == "fork":
             return True
-        try:
-            words = jupyter.command(spec)
-        except FileNotFoundError:
-            return False
-        return launcher.python_of(words, jupyter.interpreter(words[0])) is not None
+        server = self.servers.get(spec.name)
+        return server is None or server.takes_socket
 
     def hold_sockets(self, specs: dict[str, ServerSpec]) -> dict[str, str]:
         """Hold the socket of every configured user, servers up or not (held stopped by an admin

@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from notebookd import jupyter, launch
+from notebookd import launch
 from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
@@ -334,9 +334,10 @@ class SlurmManager:
         return alive
 
     async def install(self, spec: ServerSpec, access: Access) -> bool:
-        run = launch.prepare(spec, self.shared_dir, access)
+        # root_dir is entered on the node, as the user (--chdir, and the script's cd)
+        run = await launch.prepare(spec, self.shared_dir, access, check_root_dir=False)
         log_file = self.log_path(spec.name, spec)
-        python = jupyter.interpreter(run.argv[0]) or "/usr/bin/python3"
+        python = run.python or "/usr/bin/python3"
         text = script(run, spec, log_file, python)
         args = sbatch_args(spec, log_file)
         digest = hashlib.sha256(json.dumps([text, args]).encode()).hexdigest()

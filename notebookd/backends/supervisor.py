@@ -56,6 +56,8 @@ def section(spec: ServerSpec, run: launch.Launch, logfile: str) -> str:
     lines = [
         f"[program:{program(spec.name)}]",
         f"command={command}",
+        # supervisord changes into it after dropping privileges (process.py `_spawn_as_child`: set_uid,
+        # then chdir), so it is resolved as the user
         f"directory={run.cwd.replace('%', '%%')}",
         f"user={spec.account.name}",
         "umask=077",
@@ -146,7 +148,7 @@ class SupervisorManager:
         return {g[len(PREFIX):] for g in ours(added) + ours(changed)}
 
     async def install(self, spec: ServerSpec, access: Access) -> bool:
-        run = launch.prepare(spec, self.run_dir, access)
+        run = await launch.prepare(spec, self.run_dir, access)
         # supervisord creates and rotates the log files itself, mode 0644: a 0750 directory per user,
         # root's, that only the user may enter besides root (an ACL: not the user's whole group)
         logdir = os.path.join(spec.logs.dir, spec.name)

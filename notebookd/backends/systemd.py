@@ -133,6 +133,8 @@ def dropin(spec: ServerSpec, run: launch.Launch, token_source: str) -> str:
         "[Service]",
         "ExecStart=",
         "ExecStart=" + " ".join(_exec_word(w) for w in run.argv),
+        # entered after User= applies (systemd >= 240, "core: apply WorkingDirectory after enforce_user"),
+        # so it is resolved as the user
         f"WorkingDirectory={_path(run.cwd)}",
         *env,
         f"LoadCredential=token:{_path(token_source)}",
@@ -179,7 +181,7 @@ class SystemdManager:
 
     async def install(self, spec: ServerSpec, access: Access) -> bool:
         access.tokens.get(spec.name)  # make sure the credential's source exists
-        run = launch.prepare(spec, self.run_dir, access, token_file=TOKEN_FILE,
+        run = await launch.prepare(spec, self.run_dir, access, token_file=TOKEN_FILE,
                              runtime_dir=f"/run/notebookd-user/{spec.name}")
         assert run.env[MARKER_VAR] == run.marker
         text = dropin(spec, run, os.path.join(access.tokens.dir, spec.name))
