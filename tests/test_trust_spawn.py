@@ -253,8 +253,13 @@ def test_an_exit_in_the_same_read_as_the_reply_is_not_lost(users):
             env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "USER": user.pw_name}
             task = asyncio.ensure_future(server.spawn(["--version"], env, "/", (user.pw_uid, user.pw_gid, []), w, r,
                                                       listening.fileno(), 1.0))
-            while not server._replies:  # the template is up (its imports take seconds) and has the request
+            deadline = time.monotonic() + 120
+            # the template is up (its imports take seconds) and has the request; a spawn that fails says why
+            while not server._replies and not task.done():
+                assert time.monotonic() < deadline, "the template never took the request"
                 await asyncio.sleep(0.05)
+            if task.done():
+                task.result()
             # from here the loop stays blocked while the template answers and the server exits
             wait_for(lambda: both_sent(server), 120, what="the reply and the exit queued")
             proc = await task
