@@ -251,17 +251,31 @@ def test_an_exit_in_the_same_read_as_the_reply_is_not_lost(users):
         listening = socket.create_server(("127.0.0.1", 0))  # what notebookd holds for the server (launcher.py)
         try:
             env = {"PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "USER": user.pw_name}
+            # The loop reads the template's socket up to its "ready" and then no more, so that the reply
+            # and the exit wait unread until the loop is blocked below (a fast template would otherwise
+            # answer, and its child exit, in separate reads while the loop still runs).
+            loop = asyncio.get_running_loop()
+            server._ensure()
+            fd = server.sock.fileno()
+
+            def until_ready() -> None:
+                server._readable()
+                if server._ready is not None and server._ready.done():
+                    loop.remove_reader(fd)
+
+            loop.remove_reader(fd)
+            loop.add_reader(fd, until_ready)
             task = asyncio.ensure_future(server.spawn(["--version"], env, "/", (user.pw_uid, user.pw_gid, []), w, r,
                                                       listening.fileno(), 1.0))
             deadline = time.monotonic() + 120
-            # the template is up (its imports take seconds) and has the request; a spawn that fails says why
-            while not server._replies and not task.done():
+            while not server._replies and not task.done():  # the template is up (its imports take seconds)
                 assert time.monotonic() < deadline, "the template never took the request"
                 await asyncio.sleep(0.05)
             if task.done():
-                task.result()
+                task.result()  # a spawn that failed says why
             # from here the loop stays blocked while the template answers and the server exits
             wait_for(lambda: both_sent(server), 120, what="the reply and the exit queued")
+            loop.add_reader(fd, server._readable)
             proc = await task
             return await asyncio.wait_for(proc.watch(lambda: None), 30)
         finally:
