@@ -17,7 +17,7 @@ def _read(*path: str) -> str:
 @pytest.mark.parametrize("unit", ["notebookd.service", "notebookd-user@.service"])
 def test_units_document_the_man_page_and_the_installed_readme(unit):
     links = re.search(r"^Documentation=(.*)$", _read("units", unit), re.M).group(1).split()
-    assert links == ["man:notebookd(8)", "file:///usr/share/doc/notebookd/README.md"]
+    assert links == ["file:///usr/share/doc/notebookd/README.md"]
     assert "packaging/notebookd.8" in _read("packaging", "debian", "notebookd.manpages").split()
     assert "README.md" in _read("packaging", "debian", "notebookd.docs").split()
     assert "dh_compress -X.md" in _read("packaging", "debian", "rules")  # README.md, not README.md.gz
