@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import Daemon, as_user, free_ports, http, needs_root, wait_for
+from conftest import Daemon, as_user, free_ports, http, needs_root, uid_processes, wait_for
 from notebookd import forkserver, launch
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -198,7 +198,7 @@ def test_a_fork_child_that_never_reports_costs_only_that_start(lab):
     after = lab.wait_replaced(gina, before, 60)["pid"]
     assert time.monotonic() - t < 60
     assert _ppid(after) == template, "the same template forked gina's new server"
-    stopped = [p for p in _pids(pwd.getpwnam(erin).pw_uid) if _state(p) == "T"]
+    stopped = [p for p in uid_processes(pwd.getpwnam(erin).pw_uid) if _state(p) == "T"]
     assert len(stopped) <= 1, f"stopped children of erin's pile up (only the current attempt may wait): {stopped}"
 
 
@@ -213,18 +213,6 @@ def _state(pid: int) -> str:
             return fh.read().rpartition(")")[2].split()[0]
     except OSError:
         return "gone"
-
-
-def _pids(uid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
 def test_an_exit_in_the_same_read_as_the_reply_is_not_lost(users):
