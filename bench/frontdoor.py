@@ -131,6 +131,13 @@ def socket_direct(path: str, user: str, cookie: str, n: int) -> list[float]:
     return out
 
 
+def endpoint_connections(path: str) -> set[int]:
+    """Inodes of the connected sockets at `path` (/proc/net/unix: the daemon's accepted ends)."""
+    with open("/proc/net/unix") as fh:
+        return {int(f[6]) for f in (line.split() for line in fh) if len(f) == 8 and f[7] == path
+                and f[5] == "03"}  # 03: connected (a listening socket is 01)
+
+
 def login_to_first_byte(port: int, user: str) -> tuple[float, float]:
     """POST the login form (with its CSRF field) → 303 → the server → JupyterLab's first byte."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
@@ -237,8 +244,10 @@ def main() -> int:
         path = f"/user/{user}/api/status?no_track_activity=1"
         log(f"{args.n} proxied requests each, with and without the front door")
         door, direct, sock = [], [], []
+        seen: list[set[int]] = []
         for _ in range(max(1, args.n // 50)):
             door += per_request(door_port, path, {"Cookie": cookie}, 50)
+            seen.append(endpoint_connections(f"{work}/run/frontdoor.sock"))
             direct += per_request(plain_port, path, {"Authorization": f"token {token}"}, 50)
             sock += socket_direct(f"{work}/run/frontdoor.sock", user, cookie, 50)
         diffs = statistics.median(door) - statistics.median(direct)
@@ -252,6 +261,8 @@ def main() -> int:
         print(f"GET api/status through nginx, no front door (token header): {ms(direct)}")
         print(f"auth_request cost per proxied request (difference of medians): {diffs * 1000:.3f} ms")
         print(f"auth endpoint alone, unix socket, keep-alive: {ms(sock)}")
+        print(f"nginx's connections to the auth endpoint: {len(set().union(*seen))} distinct over "
+              f"{len(door)} requests (sampled after each block of 50; keepalive reuses them)")
         return 0
     finally:
         for proc in reversed(procs):
