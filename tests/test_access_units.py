@@ -286,15 +286,6 @@ def test_major_version_asks_the_interpreter_not_its_binary():
     assert jupyter.own_kind(["/usr/bin/python3"]) is None
 
 
-def test_a_probe_answer_is_checked_before_use():
-    """The probe runs as the user, who could forge its answer: only a small major and a known path pass."""
-    assert jupyter.kind_from_probe({"server": "1.23.6", "lab": False, "tree": True}) == jupyter.ServerKind(1, "/tree")
-    assert jupyter.kind_from_probe({"server": "2.14", "lab": True}) == jupyter.ServerKind(2, "/lab")
-    for forged in (None, [], {"server": "99"}, {"server": "0"}, {"server": {"x": 1}}, {"server": "2", "lab": "/x"}):
-        kind = jupyter.kind_from_probe(forged)
-        assert kind.major == 2 and kind.default_url in (None,), forged
-
-
 def test_check_config_names_missing_access_files(tmp_path):
     from notebookd import checks
 
