@@ -151,14 +151,16 @@ def test_password_loader_reads_the_file_and_refuses_to_run_without(tmp_path):
     pytest.importorskip("jupyter_server", reason="the fast tier's venv has no jupyter_server (the full one has)")
     good = tmp_path / "password"
     good.write_text("argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA\n")
-    for major, target in ((2, "PasswordIdentityProvider"), (1, "ServerApp")):
+    for kind, target in ((jupyter.ServerKind(2), "PasswordIdentityProvider"), (jupyter.ServerKind(1), "ServerApp"),
+                         (jupyter.ServerKind(6, "/tree", jupyter.NOTEBOOK_APP), "NotebookApp")):
         from traitlets.config import Config
 
         c = Config()
-        exec(jupyter.password_loader(major, str(good)), {"c": c})
-        assert str(c[target]["hashed_password" if major == 2 else "password"]).startswith("argon2:$argon2id$")
+        exec(jupyter.password_loader(kind, str(good)), {"c": c})
+        key = "hashed_password" if kind.identity_provider else "password"
+        assert str(c[target][key]).startswith("argon2:$argon2id$")
         with pytest.raises(SystemExit, match="cannot read the password hash"):
-            exec(jupyter.password_loader(major, str(tmp_path / "missing")), {"c": Config()})
+            exec(jupyter.password_loader(kind, str(tmp_path / "missing")), {"c": Config()})
 
 
 def test_environment_token_file_only_with_token_auth():
