@@ -329,16 +329,17 @@ def test_servers_are_jobs_of_their_users_on_two_nodes_and_answer_with_their_toke
         row = lab.rows()[name]
         job = lab.job(name)
         assert (job["name"], job["user"], job["state"]) == (f"notebookd-{name}", name, "RUNNING")
-        assert row["url"].startswith(f"http://{lab.address(name)}:{row['port']}/user/{name}/")
-        assert lab.http(row["url"] + "api/kernels", lab.token(name)) == 200
-        assert lab.http(row["url"] + "api/kernels") == 403
+        assert row["local_url"].startswith(f"http://{lab.address(name)}:{row['port']}/user/{name}/")
+        assert lab.http(row["local_url"] + "api/kernels", lab.token(name)) == 200
+        assert lab.http(row["local_url"] + "api/kernels") == 403
         server = lab.pid_of(name, "jupyter_server")
         assert server and lab.proc_user(server) == name
         # submitted by the user: the job's UserId is theirs, and it is no root-submitted job
         shown = lab.cluster.scontrol("show", "job", job["id"]).stdout
         assert f"UserId={name}(" in shown
-    urls = lab.cli("url").stdout
+    urls = lab.cli("url", "--local").stdout
     assert all(f"{lab.address(n)}:{lab.rows()[n]['port']}" in urls for n in lab.names.values())
+    assert all(f"{lab.proxy}/user/{n}/" in lab.cli("url", n).stdout for n in lab.names.values())  # nginx's
     nginx = lab.cli("render", "nginx").stdout
     assert all(f"proxy_pass http://{lab.address(n)}:{lab.rows()[n]['port']}" in nginx for n in lab.names.values())
     # each listens on its own node's address only: the other node's address has nothing there
@@ -387,7 +388,7 @@ def test_logs_are_the_users_own_and_follow_the_job(lab):
 
         def marker_seen():
             nonlocal seen
-            lab.http(lab.rows()[alice]["url"] + "api/contents/follow-me-please", "wrong-token")
+            lab.http(lab.rows()[alice]["local_url"] + "api/contents/follow-me-please", "wrong-token")
             seen += follow.stdout.read() or b""
             return b"follow-me-please" in seen
         wait_for(marker_seen, 60, interval=0.5, what="the request in logs -f")
@@ -400,14 +401,14 @@ def test_logs_are_the_users_own_and_follow_the_job(lab):
 def test_kill_9_of_the_server_brings_it_back_on_its_port_without_its_kernel(lab):
     bob = lab.names["bob"]
     row = lab.rows()[bob]
-    status = lab.http(row["url"] + "api/kernels", lab.token(bob), method="POST", body=b"{}")
+    status = lab.http(row["local_url"] + "api/kernels", lab.token(bob), method="POST", body=b"{}")
     assert status == 201, lab.last_http_body
     kernel_id = json.loads(lab.last_http_body)["id"]
     kernel = wait_for(lambda: lab.pid_of(bob, kernel_id), 60, what="the kernel process")
     lab.kill(lab.pid_of(bob, "jupyter_server"))
     again = lab.wait_replaced(bob, row["pid"])  # a new job (its id is the PID column)
     assert again["port"] == row["port"] and again["restarts"] >= 1
-    assert lab.http(again["url"] + "api/kernels", lab.token(bob)) == 200
+    assert lab.http(again["local_url"] + "api/kernels", lab.token(bob)) == 200
     assert kernel not in lab.user_pids(bob)  # ended by the job's wrapper, on the node
     old = next(j for j in lab.cluster.jobs() if j["id"] == str(row["pid"]))
     assert old["state"] == "FAILED"
@@ -450,7 +451,7 @@ def test_a_job_sbatch_refuses_is_a_backoff_with_slurms_words(lab, users):
 def test_stop_cancels_the_job_and_leaves_no_process(lab):
     alice = lab.names["alice"]
     row = lab.rows()[alice]
-    status = lab.http(row["url"] + "api/kernels", lab.token(alice), method="POST", body=b"{}")
+    status = lab.http(row["local_url"] + "api/kernels", lab.token(alice), method="POST", body=b"{}")
     assert status == 201
     wait_for(lambda: len(lab.user_pids(alice)) >= 2, 60, what="a kernel")
     assert lab.cli("stop", alice).returncode == 0
