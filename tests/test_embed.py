@@ -5,7 +5,8 @@ iframe, as an LMS or a wiki would. With that origin in `embed.frame_ancestors` t
 notebook opened from the tree opens inside the frame: no new browser window, the frame's document is the
 notebook. From an origin not listed the browser refuses the frame (its console says so, and the frame
 never shows the server's page). Real servers as real users: nbclassic on Debian's jupyter_server 1.23,
-and JupyterLab and Notebook 7 (one server) from the test venv; headless Chromium through selenium.
+Debian's notebook 6, and JupyterLab and Notebook 7 (one server) from the test venv; headless Chromium
+through selenium.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _finds(python: str, code: str) -> bool:
 
 
 HAS_NBCLASSIC = _finds(DEBIAN_PYTHON, "import nbclassic, jupyter_server")
+HAS_NOTEBOOK6 = _finds(DEBIAN_PYTHON, "import notebook, sys; sys.exit(not notebook.__version__.startswith('6.'))")
 HAS_NOTEBOOK7 = _finds(sys.executable, "import importlib.metadata as m, sys; "
                                        "sys.exit(int(m.version('notebook').split('.')[0]) < 7)")
 
@@ -82,9 +84,10 @@ def site():
 
 @pytest.fixture(scope="module")
 def lab(users, workdir, site):
-    classic, lab = users("ec").pw_name, users("el").pw_name
-    p1, p2 = free_ports(2, 23000)
+    classic, nb6, lab = users("ec").pw_name, users("e6").pw_name, users("el").pw_name
+    p1, p2, p3 = free_ports(3, 23000)
     extra = f"  {classic}: {{port: {p1}, command: [{DEBIAN_PYTHON}, -m, jupyter_server]}}\n" if HAS_NBCLASSIC else ""
+    extra += f"  {nb6}: {{port: {p3}, command: [{DEBIAN_PYTHON}, -m, notebook]}}\n" if HAS_NOTEBOOK6 else ""
     daemon = Daemon(workdir, f"""\
 state_dir: {{base}}/state
 logs: {{dir: {{base}}/logs}}
@@ -92,7 +95,7 @@ embed: {{frame_ancestors: ["'self'", "{site.allowed}"]}}
 users:
 {extra}  {lab}: {{port: {p2}}}
 """).start()
-    daemon.classic, daemon.lab = classic, lab
+    daemon.classic, daemon.nb6, daemon.lab = classic, nb6, lab
     yield daemon
     daemon.stop()
 
@@ -176,13 +179,22 @@ def _server_url(lab, name: str, path: str) -> str:
     return lab.rows()[name]["url"] + f"{path}?token={lab.token(name)}"
 
 
-@pytest.mark.skipif(not HAS_NBCLASSIC, reason="needs python3-nbclassic (apt; tests/run installs it)")
-def test_classic_tree_opens_a_notebook_inside_the_frame(lab, site, browser):
+def _classic(lab, ui: str) -> str:
+    """The user whose server runs the classic UI `ui` ("nbclassic" on jupyter_server 1.23, "notebook6")."""
+    if not (HAS_NBCLASSIC if ui == "nbclassic" else HAS_NOTEBOOK6):
+        pytest.skip(f"needs Debian's {'python3-nbclassic' if ui == 'nbclassic' else 'python3-notebook'} "
+                    "(apt; tests/run installs it)")
+    return lab.classic if ui == "nbclassic" else lab.nb6
+
+
+@pytest.mark.parametrize("ui", ["nbclassic", "notebook6"])
+def test_classic_tree_opens_a_notebook_inside_the_frame(lab, site, browser, ui):
     from selenium.webdriver.common.by import By
 
-    name = _notebook(lab.classic)
+    user = _classic(lab, ui)
+    name = _notebook(user)
     windows = browser.window_handles
-    _embed(browser, site, site.allowed, _server_url(lab, lab.classic, "tree"))
+    _embed(browser, site, site.allowed, _server_url(lab, user, "tree"))
     link = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#notebook_list a.item_link[href$="/{name}"]'),
                  what=f"{name} in the classic tree")[0]
     link.click()
@@ -233,17 +245,15 @@ def test_notebook7_tree_opens_a_notebook_inside_the_frame(lab, site, browser):
     _stayed(browser, site, windows)
 
 
-@pytest.mark.parametrize("ui", ["tree", "lab"])
+@pytest.mark.parametrize("ui", ["nbclassic", "notebook6", "lab"])
 def test_a_site_not_allowed_gets_its_frame_refused_by_the_browser(lab, site, browser, ui):
-    """The same server, framed from an origin `embed.frame_ancestors` does not list: the browser refuses
-    to show it (the CSP violation it logs) and the frame never holds the server's page."""
+    """The same servers, framed from an origin `embed.frame_ancestors` does not list: the browser refuses
+    to show them (the CSP violation it logs) and the frame never holds the server's page."""
     from selenium.webdriver.common.by import By
 
-    if ui == "tree" and not HAS_NBCLASSIC:
-        pytest.skip("needs python3-nbclassic (apt; tests/run installs it)")
-    name = lab.classic if ui == "tree" else lab.lab
+    name = lab.lab if ui == "lab" else _classic(lab, ui)
     server = lab.rows()[name]["url"]
-    _embed(browser, site, site.other, _server_url(lab, name, ui))
+    _embed(browser, site, site.other, _server_url(lab, name, "lab" if ui == "lab" else "tree"))
     seen: list[str] = []
 
     def refusals() -> list[str]:
