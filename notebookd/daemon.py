@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from notebookd import (__version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, metrics,
-                       reconcile, usage)
+                       nginx, publicurl, reconcile, usage)
 from notebookd.access import uses_password, uses_token
 from notebookd.activity import ActivityBook
 from notebookd.backends import factory
@@ -32,6 +32,7 @@ from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
 from notebookd.stats import Stats
 from notebookd.ports import PortBookError
+from notebookd.proxyfile import ProxyFile
 from notebookd.reconcile import ApplyError
 from notebookd.tokens import TokenStore
 
@@ -58,6 +59,7 @@ class Daemon:
         self.activity: ActivityBook | None = None
         self.metrics = metrics.Service(self._snapshot)
         self.door: FrontDoor | None = None
+        self.proxy_file = ProxyFile(self._rendered)  # proxy.file: render nginx, kept up to date
         self._status_pending = False
 
     # -- lifecycle --
@@ -99,6 +101,7 @@ class Daemon:
             return 1
         except Exception:  # noqa: BLE001 - the servers that could start run; the error is in the log
             log.exception("the first reconcile failed")
+        self.proxy_file.poke()
         self.notifier.ready(self._summary())
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
@@ -121,6 +124,7 @@ class Daemon:
             self.notifier.stopping()
             control.close()
             self.door.close()
+            self.proxy_file.close()
             watchdog.cancel()
             renewal.cancel()
             activity.cancel()
@@ -198,6 +202,7 @@ class Daemon:
                     log.exception("reload: %s", error)
                 self.notifier.ready(self._summary())
                 raise Refused(error) from None
+        self.proxy_file.poke()  # users added or removed, proxy: keys changed
         await self.metrics.apply(new.metrics)
         self.activity.min_age = new.metrics.activity_interval
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
@@ -213,7 +218,10 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _changed(self) -> None:
-        """A server changed state: refresh systemd's STATUS= once this loop iteration is done."""
+        """A server changed state (or moved): refresh systemd's STATUS= once this loop iteration is done,
+        and proxy.file (a server on another node)."""
+        if self.config.proxy.file and self.door is not None:
+            self.proxy_file.poke()
         if self.notifier.enabled and not self._status_pending:
             self._status_pending = True
 
@@ -234,6 +242,12 @@ class Daemon:
         rows = self.backend.status() if self.backend else {}
         for name, problem in self.desired.problems.items():
             rows[name] = ServerStatus(name=name, state="error", last_error=problem)
+        public = publicurl.of(self.config.proxy)
+        specs = self.backend.specs() if self.backend else {}
+        for name, row in rows.items():
+            row.local_url = row.url
+            if public and row.url and name in specs:
+                row.url = public + specs[name].base_url
         if self.activity is not None:
             for name, row in rows.items():
                 seen = self.activity.get(name)
@@ -300,7 +314,8 @@ class Daemon:
 
     async def on_url(self, cmd: str, args: dict, caller: str | None) -> dict:
         names = [n for n in self._names(args, caller, default_all=True) if n in self.desired.specs]
-        return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n) for n in names))))}
+        local = bool(args.get("local"))
+        return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n, local) for n in names))))}
 
     async def on_logs(self, cmd: str, args: dict, caller: str | None) -> dict:
         names = self._names(args, caller, default_all=False)
@@ -350,17 +365,21 @@ class Daemon:
                 self.stats.restarted(name, "requested")
             await asyncio.gather(*(self.backend.restart(s, urgent=True) for s in specs))
 
-    async def _url(self, name: str) -> str:
-        """The link a user opens: the server's UI (Lab, or the classic notebook), with the token
-        unless the user logs in with a password only."""
+    async def _url(self, name: str, local: bool = False) -> str:
+        """The link a user opens: the server's UI (Lab, or the classic notebook) at nginx's public
+        address if `proxy:` names one (publicurl.py), else (and with `local`) at the server's own; with
+        the token unless the user logs in with a password only, or at the front door."""
         spec = self.desired.specs[name]
         path = json.loads(spec.settings.jupyter_config).get("ServerApp", {}).get("default_url")
         if path is None:
             # asked as the user (launch.server_kind): root runs nothing of the user's for a link
             path = (await launch.server_kind(spec, self.layout.run_dir, self.layout.system)).default_url
-        url = f"{spec.url(self._address(name))}{(path or '/').lstrip('/')}"
+        public = None if local else publicurl.of(self.config.proxy)
+        url = f"{public + spec.base_url if public else spec.url(self._address(name))}{(path or '/').lstrip('/')}"
         if not uses_token(spec):
             return url  # password only: the login page asks for it
+        if public and self.config.front_door.enabled:
+            return url  # the browser logs in there; a ?token= link would end at the login page
         return f"{url}?token={self.tokens.get(name)}"
 
     # -- access: tokens, passwords, the proxy, certificates --
@@ -393,7 +412,8 @@ class Daemon:
             log.info("%s: token rotated", name)
             if uses_token(self.desired.specs[name]):
                 restarted = await self._restart_if_wanted(name)
-        return {"user": name, "token": self.tokens.get(name), "url": await self._url(name), "restarted": restarted,
+        url = await self._url(name, bool(args.get("local")))
+        return {"user": name, "token": self.tokens.get(name), "url": url, "restarted": restarted,
                 "auth": self.desired.specs[name].settings.auth}
 
     async def _passwd(self, args: dict, caller: str | None) -> dict:
@@ -422,6 +442,11 @@ class Daemon:
                 "proxy": {"listen": proxy.listen, "server_name": proxy.server_name,
                           "cert": proxy.cert, "key": proxy.key},
                 "front_door": {"enabled": self.config.front_door.enabled, "socket": self.door.path}}
+
+    def _rendered(self) -> tuple[str, tuple[str, ...], str]:
+        """What proxy.file should hold: `notebookd render nginx`'s text, from the same answer."""
+        proxy = self.config.proxy
+        return proxy.file, proxy.reload, nginx.render(self._proxy()) if proxy.file else ""
 
     async def _renew_certificates(self) -> None:
         """Renew the self-signed certificate before it expires, and restart the servers that use it
@@ -452,7 +477,8 @@ class Daemon:
         return {
             "pid": os.getpid(), "version": __version__, "backend": self.config.backend,
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
-            "reload": self.last_reload, "warnings": list(self.desired.warnings),
+            "reload": self.last_reload,
+            "warnings": list(self.desired.warnings) + ([self.proxy_file.error] if self.proxy_file.error else []),
             "metrics": {"listen": metrics.address(self.config.metrics),
                         "textfile": self.config.metrics.textfile or None, "error": self.metrics.error},
         }
