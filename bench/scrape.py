@@ -62,8 +62,8 @@ def run(work: str, users: list[str], window: float, rounds: int, every: float, h
     size, rss = {}, {}
     try:
         for name, (setup, nbd, port) in daemons.items():
-            ready = asyncio.run(h.wait_ready(setup.targets(), time.monotonic(), 600))
-            assert max(ready) < 600, f"{name}: stub servers did not come up"
+            ready = asyncio.run(h.wait_ready(setup.targets(), time.monotonic(), 1200))
+            assert max(ready) < 1200, f"{name}: stub servers did not come up"
         time.sleep(5)
         for name, (_, _, port) in daemons.items():
             latencies[name].append(scrape(port)[0])  # the first one: every probe from cold
