@@ -31,7 +31,15 @@ fi
 # Servers run as other users: the venv must be readable by them (the default umask of root may not be).
 umask 022
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "$here[server]" ipykernel
+# Built from a private copy of what the build reads: pip's build writes build/ and notebookd.egg-info
+# into the source tree, and this checkout may be an admin's that the caller cannot (or should not) write.
+src=$(mktemp -d "${TMPDIR:-/tmp}/notebookd-install.XXXXXX")
+trap 'rm -rf "$src"' EXIT
+trap 'exit 130' HUP INT TERM
+cp -R "$here/pyproject.toml" "$here/README.md" "$here/notebookd" "$src/"
+[ ! -e "$here/LICENSE" ] || cp "$here/LICENSE" "$src/"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "$src[server]" ipykernel
+rm -rf "$src"
 mkdir -p "$bin"
 ln -sf "$venv/bin/notebookd" "$bin/notebookd"
 

@@ -258,7 +258,7 @@ def _exited(pid: int) -> bool:
 
 
 def cmd_url(args) -> int:
-    urls = _ask(args, "url", users=args.users)["urls"]
+    urls = _ask(args, "url", users=args.users, local=args.local)["urls"]
     if not urls:
         raise CliError("no server configured for you" if os.geteuid() else "no servers configured", EXIT_NOT_RUNNING)
     for name, url in sorted(urls.items()):
@@ -335,11 +335,14 @@ def _follow(fh, path: str, out) -> None:
 
 
 def cmd_token(args) -> int:
-    data = _ask(args, "token", user=args.user, rotate=args.rotate, timeout=300)
+    data = _ask(args, "token", user=args.user, rotate=args.rotate, local=args.local, timeout=300)
     if args.rotate:
         print(f"new token for {data['user']}" + (", server restarted" if data["restarted"] else "")
               + (f" (auth is {data['auth']}: the token is not used)" if data["auth"] == "password" else ""),
               file=sys.stderr)
+    if data["auth"] != "password":  # stdout stays the token alone: scripts read $(notebookd token)
+        print(f"open {data['url']}" + ("" if "?token=" in data["url"] else
+                                       " (log in there; the token is for scripts and API clients)"), file=sys.stderr)
     print(data["token"])
     return EXIT_OK
 

@@ -30,6 +30,11 @@ def _users(required: bool) -> Arg:
     return arg("users", nargs="+" if required else "*", metavar="USER")
 
 
+def _local() -> Arg:
+    return arg("--local", action="store_true",
+               help="the server's own address (loopback), not nginx's public one from proxy:")
+
+
 def _one_user() -> Arg:
     return arg("user", nargs="?", metavar="USER", help="default: yourself (root: name one)")
 
@@ -53,9 +58,11 @@ COMMANDS = (
              arg("-f", "--follow", action="store_true", help="keep printing new lines"),
              arg("-n", "--lines", type=int, default=50, metavar="N", help="last N lines (default 50)")),
             USER, "logs"),
-    Command("url", "print the URL with token of your server (root: any or all)", (_users(False),), USER, "url"),
-    Command("token", "print your server's token; --rotate replaces it and restarts the server",
-            (_one_user(), arg("--rotate", action="store_true", help="make a new token (the old one stops working)")),
+    Command("url", "print the URL with token of your server (root: any or all): nginx's with proxy: configured",
+            (_local(), _users(False)), USER, "url"),
+    Command("token", "print your server's token (and its URL on stderr); --rotate replaces it and restarts the server",
+            (_one_user(), arg("--rotate", action="store_true", help="make a new token (the old one stops working)"),
+             _local()),
             USER, "token"),
     Command("passwd", "set the password of your server (asked twice; or one line on stdin)", (_one_user(),),
             USER, "passwd"),

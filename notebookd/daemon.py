@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from notebookd import (__version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, metrics,
-                       reconcile)
+                       publicurl, reconcile)
 from notebookd.access import uses_password, uses_token
 from notebookd.activity import ActivityBook
 from notebookd.backends import factory
@@ -248,6 +248,12 @@ class Daemon:
         rows = self.backend.status() if self.backend else {}
         for name, problem in self.desired.problems.items():
             rows[name] = ServerStatus(name=name, state="error", last_error=problem)
+        public = publicurl.of(self.config.proxy)
+        specs = self.backend.specs() if self.backend else {}
+        for name, row in rows.items():
+            row.local_url = row.url
+            if public and row.url and name in specs:
+                row.url = public + specs[name].base_url
         if self.activity is not None:
             for name, row in rows.items():
                 seen = self.activity.get(name)
@@ -309,7 +315,8 @@ class Daemon:
 
     async def on_url(self, cmd: str, args: dict, caller: str | None) -> dict:
         names = [n for n in self._names(args, caller, default_all=True) if n in self.desired.specs]
-        return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n) for n in names))))}
+        local = bool(args.get("local"))
+        return {"urls": dict(zip(names, await asyncio.gather(*(self._url(n, local) for n in names))))}
 
     async def on_logs(self, cmd: str, args: dict, caller: str | None) -> dict:
         names = self._names(args, caller, default_all=False)
@@ -359,17 +366,21 @@ class Daemon:
                 self.stats.restarted(name, "requested")
             await asyncio.gather(*(self.backend.restart(s, urgent=True) for s in specs))
 
-    async def _url(self, name: str) -> str:
-        """The link a user opens: the server's UI (Lab, or the classic notebook), with the token
-        unless the user logs in with a password only."""
+    async def _url(self, name: str, local: bool = False) -> str:
+        """The link a user opens: the server's UI (Lab, or the classic notebook) at nginx's public
+        address if `proxy:` names one (publicurl.py), else (and with `local`) at the server's own; with
+        the token unless the user logs in with a password only, or at the front door."""
         spec = self.desired.specs[name]
         path = json.loads(spec.settings.jupyter_config).get("ServerApp", {}).get("default_url")
         if path is None:
             # asked as the user (launch.server_kind): root runs nothing of the user's for a link
             path = (await launch.server_kind(spec, self.layout.run_dir, self.layout.system)).default_url
-        url = f"{spec.url(self._address(name))}{(path or '/').lstrip('/')}"
+        public = None if local else publicurl.of(self.config.proxy)
+        url = f"{public + spec.base_url if public else spec.url(self._address(name))}{(path or '/').lstrip('/')}"
         if not uses_token(spec):
             return url  # password only: the login page asks for it
+        if public and self.config.front_door.enabled:
+            return url  # the browser logs in there; a ?token= link would end at the login page
         return f"{url}?token={self.tokens.get(name)}"
 
     # -- access: tokens, passwords, the proxy, certificates --
@@ -402,7 +413,8 @@ class Daemon:
             log.info("%s: token rotated", name)
             if uses_token(self.desired.specs[name]):
                 restarted = await self._restart_if_wanted(name)
-        return {"user": name, "token": self.tokens.get(name), "url": await self._url(name), "restarted": restarted,
+        url = await self._url(name, bool(args.get("local")))
+        return {"user": name, "token": self.tokens.get(name), "url": url, "restarted": restarted,
                 "auth": self.desired.specs[name].settings.auth}
 
     async def _passwd(self, args: dict, caller: str | None) -> dict:

@@ -120,7 +120,8 @@ class ServerStatus:
     name: str
     state: str
     port: int | None = None
-    url: str | None = None
+    url: str | None = None           # where users open it: nginx's public address if `proxy:` names one
+    local_url: str | None = None     # the server's own address (loopback, or its Slurm node)
     pid: int | None = None
     since: float | None = None       # wall-clock time of the last state change
     started: float | None = None     # wall-clock time the current process became RUNNING

@@ -22,13 +22,12 @@ keys and landing page, which they could set in their own ~/.jupyter anyway.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from dataclasses import dataclass
 
-from notebookd import jupyter
+from notebookd import command, jupyter
 from notebookd.access import NotReady
 from notebookd.model import ServerSpec
 
@@ -152,32 +151,13 @@ async def _run(spec: ServerSpec, argv: list[str], env: dict[str, str], identity:
     acc = spec.account
     ids = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups)) if identity else {}
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd="/", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, umask=0o077, **ids)
+        done = await command.run(argv, env=env, timeout=TIMEOUT, limit=MAX_ANSWER, own_session=True,
+                                 umask=0o077, **ids)
     except OSError as exc:
         raise PreflightError(acc.name, f"cannot run the check as {acc.name}: {exc.strerror or exc}") from None
-    try:
-        out = await asyncio.wait_for(_read_all(proc.stdout), TIMEOUT)
-        await asyncio.wait_for(proc.wait(), TIMEOUT)
-    except asyncio.TimeoutError:
-        try:
-            os.killpg(proc.pid, 9)  # its own session: the probe it exec'd too
-        except ProcessLookupError:
-            pass
-        await proc.wait()
+    except TimeoutError:
         raise PreflightError(acc.name, f"the check run as {acc.name} did not answer within {TIMEOUT:g}s") from None
-    return out.decode(errors="replace").splitlines()
-
-
-async def _read_all(stream: asyncio.StreamReader) -> bytes:
-    data = b""
-    while len(data) < MAX_ANSWER:
-        chunk = await stream.read(MAX_ANSWER - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return done.out.decode(errors="replace").splitlines()
 
 
 def _parse(line: str) -> dict | None:

@@ -182,7 +182,8 @@ class StatusClient:
                         and rows, timeout, interval=0.3, what="all servers running")
 
     def url(self, name: str) -> str:
-        out = self.cli("url", name)
+        """The server's own URL with its token (`--local`: not nginx's, which tests reach on purpose)."""
+        out = self.cli("url", "--local", name)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 

@@ -154,7 +154,7 @@ def test_url_prints_the_token_for_token_auth_and_none_for_password_auth(lab):
 def test_token_rotate_replaces_the_token_and_restarts_only_that_server(lab):
     rows = lab.rows()
     old_token, bob_pid = lab.token(lab.alice), rows[lab.bob]["pid"]
-    base = rows[lab.alice]["url"]
+    base = rows[lab.alice]["local_url"]
     cookie = token_login(base, old_token)
     assert http_cookie(base + "api/kernels", cookie)[0] == 200
     out = cli(lab, "token", "--rotate", user=lab.alice)
@@ -187,7 +187,7 @@ def test_a_user_cannot_rotate_or_read_another_users_token(lab):
 # ---- passwords ----
 
 def test_password_auth_takes_the_password_and_nothing_else(lab):
-    base = lab.rows()[lab.bob]["url"]
+    base = lab.rows()[lab.bob]["local_url"]
     assert http(base + "api/kernels")[0] == 403
     bobs_token = cli(lab, "token", lab.bob).stdout.strip()
     assert http(base + "api/kernels", bobs_token)[0] == 403, "password only: no token works"
@@ -242,7 +242,7 @@ def test_password_login_form_through_nginx(lab, who):
 
 
 def test_both_takes_the_token_too_on_jupyter_1_23(lab):
-    base = lab.rows()[lab.old]["url"]
+    base = lab.rows()[lab.old]["local_url"]
     status, body, _ = http(base + "api", lab.token(lab.old))
     assert status == 200 and json.loads(body)["version"].startswith("1.")
     assert http(base + "api/kernels", lab.token(lab.old))[0] == 200
@@ -302,7 +302,7 @@ def test_csp_frame_ancestors_as_configured_through_nginx(lab):
 @pytest.mark.skipif(subprocess.run([DEBIAN_PYTHON, "-c", "import ipykernel"], capture_output=True).returncode,
                     reason="needs python3-ipykernel (apt; tests/run installs it)")
 def test_shared_kernel_is_offered_and_runs_without_touching_homes(lab):
-    base, token = lab.rows()[lab.alice]["url"], lab.token(lab.alice)
+    base, token = lab.rows()[lab.alice]["local_url"], lab.token(lab.alice)
     status, body, _ = http(base + "api/kernelspecs", token)
     specs = json.loads(body)["kernelspecs"]
     assert status == 200 and {"python3", "debian-py"} <= set(specs)

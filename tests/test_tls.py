@@ -66,7 +66,7 @@ def _handshake(port: int, cafile: str, server_hostname: str) -> dict:
 
 def test_handshake_verifies_against_the_generated_certificate(lab):
     row = lab.rows()[lab.carol]
-    assert row["url"].startswith("https://")
+    assert row["local_url"].startswith("https://")
     for name in ("localhost", socket.gethostname(), "127.0.0.1", "lab.example.org"):
         assert _handshake(row["port"], lab.cafile, name)["version"] in ("TLSv1.2", "TLSv1.3")
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -78,7 +78,7 @@ def test_handshake_verifies_against_the_generated_certificate(lab):
 def test_token_url_works_over_https_and_plain_http_gets_nothing(lab):
     url = lab.url(lab.carol)
     token = url.split("?token=")[1]
-    base = lab.rows()[lab.carol]["url"]
+    base = lab.rows()[lab.carol]["local_url"]
     assert url.startswith(base) and base.startswith("https://")
     assert https(base + "api/kernels", token, lab.cafile)[0] == 200
     assert https(base + "api/kernels", None, lab.cafile)[0] == 403
