@@ -55,7 +55,7 @@ import socket
 import sys
 import time
 
-from notebookd.procs import ServerProcess
+from notebookd.procs import ServerProcess, watch_pid
 
 log = logging.getLogger("notebookd")
 
@@ -221,22 +221,8 @@ class ForkServer:
 
 def _resolve_by_pidfd(pid: int, fut: asyncio.Future) -> None:
     """Resolve `fut` with None (status unknown) when `pid` ends."""
-    if fut.done():
-        return
-    loop = asyncio.get_running_loop()
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        fut.set_result(None)
-        return
-
-    def readable() -> None:
-        loop.remove_reader(fd)
-        os.close(fd)
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, readable)
+    if not fut.done():
+        watch_pid(pid, lambda: fut.done() or fut.set_result(None))
 
 
 class ForkedProcess(ServerProcess):

@@ -111,7 +111,7 @@ async def prepare(spec: ServerSpec, run_dir: str, access: Access, *, system: boo
     mark = marker(spec.name, run_dir)
     env = jupyter.environment(spec, files, mark, granted)
     found = await preflight.check(spec, env, identity=system, root_dir=check_root_dir)
-    words = [found.argv0, *jupyter.command(spec)[1:]]
+    words = list(found.words)
     jupyter.write_config(files["config"], spec, found.kind, granted, owner, acc.gid)
-    return Launch(tuple(jupyter.argv(spec, files["config"], words)), env, spec.root_dir, mark, found.kind,
-                  len(words), found.python)
+    return Launch(tuple(jupyter.argv(spec, files["config"], words, found.kind)), env, spec.root_dir, mark,
+                  found.kind, len(words), found.python)

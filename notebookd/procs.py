@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from typing import Callable
 
 import psutil
 
@@ -111,30 +112,50 @@ def _signal_all(procs: list[psutil.Process], sig: int) -> None:
             pass
 
 
+def watch_pid(pid: int, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback()` from the event loop once process `pid` has ended (soon, if it is gone already).
+
+    The one pidfd watcher: no polling, no SIGCHLD, no thread, and it works for processes that are not
+    our children (adopted servers, the fork server's). Returns the function that stops watching and
+    closes the pidfd. Raises OSError when no pidfd can be had (out of descriptors)."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return loop.call_soon(callback).cancel
+    watching = True
+
+    def stop() -> None:
+        nonlocal watching
+        if watching:
+            watching = False
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    def readable() -> None:
+        stop()
+        callback()
+
+    loop.add_reader(fd, readable)
+    return stop
+
+
 async def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait until the processes have exited (pidfd, no polling); return those still alive."""
     loop = asyncio.get_running_loop()
     waiters = []
-    fds = []
-    for proc in procs:
-        try:
-            fd = os.pidfd_open(proc.pid)
-        except ProcessLookupError:
-            continue
-        if not proc.is_running():
-            os.close(fd)
-            continue
-        fut = loop.create_future()
-        loop.add_reader(fd, lambda f=fut: f.done() or f.set_result(None))
-        fds.append(fd)
-        waiters.append(fut)
+    stops = []
     try:
+        for proc in procs:
+            fut = loop.create_future()
+            stops.append(watch_pid(proc.pid, lambda f=fut: f.done() or f.set_result(None)))
+            if proc.is_running():  # psutil checks the start time: a pidfd of a reused pid is not this one
+                waiters.append(fut)
         if waiters:
             await asyncio.wait(waiters, timeout=timeout)
     finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-            os.close(fd)
+        for stop in stops:
+            stop()
     return [p for p in procs if _alive(p)]
 
 
@@ -208,9 +229,7 @@ class ServerProcess:
         self.returncode: int | None = None
 
     def watch(self, on_exit) -> asyncio.Future:
-        """A future resolved with the exit status (None if unknown) when the process ends.
-
-        A pidfd in the event loop: no polling, no SIGCHLD, and it works for adopted processes too."""
+        """A future resolved with the exit status (None if unknown) when the process ends (watch_pid)."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -237,22 +256,12 @@ class ServerProcess:
 
         def attach(quiet: bool = False) -> bool:
             try:
-                fd = os.pidfd_open(self.pid)
-            except ProcessLookupError:
-                loop.call_soon(finish)
-                return True
+                watch_pid(self.pid, finish)
             except OSError as exc:
                 if not quiet:
                     log.warning("pid %d: cannot watch it with a pidfd (%s); polling it instead", self.pid,
                                 exc.strerror or exc)
                 return False
-
-            def readable() -> None:
-                loop.remove_reader(fd)
-                os.close(fd)
-                finish()
-
-            loop.add_reader(fd, readable)
             return True
 
         if not attach():

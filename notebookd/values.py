@@ -78,12 +78,19 @@ def choice(*choices: str) -> Reader:
     return read
 
 
-def duration(item: Located) -> float:
-    scalar(item)
-    try:
-        return parse_duration(item.value)
-    except ValueError as exc:
-        raise item.error(str(exc)) from None
+def _parsed(parse: Callable[[Any], Any]) -> Reader:
+    """A reader of one value written the way `parse` reads it ("90s", "512M"), its complaint as the error."""
+    def read(item: Located) -> Any:
+        scalar(item)
+        try:
+            return parse(item.value)
+        except ValueError as exc:
+            raise item.error(str(exc)) from None
+    return read
+
+
+duration = _parsed(parse_duration)
+size = _parsed(parse_size)
 
 
 def positive_duration(item: Located) -> float:
@@ -91,14 +98,6 @@ def positive_duration(item: Located) -> float:
     if seconds <= 0:
         raise item.error("must be more than zero")
     return seconds
-
-
-def size(item: Located) -> int:
-    scalar(item)
-    try:
-        return parse_size(item.value)
-    except ValueError as exc:
-        raise item.error(str(exc)) from None
 
 
 def optional(read: Reader) -> Reader:

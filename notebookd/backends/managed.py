@@ -162,13 +162,7 @@ class ManagedBackend:
         await self._look_safely()
 
     async def stop(self, name: str) -> None:
-        server = self.servers.get(name)
-        if server is None:
-            return
-        async with self._busy(server):
-            server.wanted = False
-            await self._stop_now(server)
-        await self._look_safely()
+        await self._end(name, forget=False)
 
     async def restart(self, spec: ServerSpec, urgent: bool = False) -> None:
         server = self.servers.get(spec.name)
@@ -186,15 +180,23 @@ class ManagedBackend:
         await self._look_safely()
 
     async def forget(self, name: str) -> None:
+        await self._end(name, forget=True)
+
+    async def _end(self, name: str, forget: bool) -> None:
+        """Stop the user's server and want it no more; `forget`: drop it from the manager too."""
         server = self.servers.get(name)
         if server is None:
             return
         async with self._busy(server):
             server.wanted = False
             await self._stop_now(server)
-            await self.manager.uninstall(name)
-            self.servers.pop(name, None)
-        self.changed()
+            if forget:
+                await self.manager.uninstall(name)
+                self.servers.pop(name, None)
+        if forget:
+            self.changed()
+        else:
+            await self._look_safely()
 
     def status(self) -> dict[str, ServerStatus]:
         rows = {}

@@ -379,7 +379,7 @@ class NativeServer:
                 argv = list(run.argv)
                 if listener is not None:
                     try:
-                        argv = launcher.wrap(argv, listener.fileno(), drain, run.python)
+                        argv = launcher.wrap(argv, listener.fileno(), drain, run.python, run.kind.app)
                     except ValueError as exc:
                         raise SpawnError(str(exc)) from None
                 # Popen's cwd= would chdir as root, before the identity change: a user's symlink would

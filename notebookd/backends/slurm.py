@@ -35,6 +35,7 @@ from notebookd import launch
 from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
+from notebookd.backends.tools import run_tool
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.model import ServerSpec
 from notebookd.probe import http_status
@@ -276,22 +277,7 @@ class SlurmManager:
             acc = spec.account
             kw = {"user": acc.uid, "group": acc.gid, "extra_groups": list(acc.groups), "umask": 0o077}
             env.update(HOME=acc.home, USER=acc.name, LOGNAME=acc.name)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                path, *argv[1:], stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd="/", **kw)
-        except OSError as exc:
-            raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), COMMAND_TIMEOUT)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise BackendError(f"{argv[0]}: no answer within {COMMAND_TIMEOUT:g}s") from None
-        if proc.returncode != 0:
-            message = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
-            raise BackendError(f"{argv[0]}: {message}")
-        return out.decode(errors="replace")
+        return await run_tool([path, *argv[1:]], env=env, timeout=COMMAND_TIMEOUT, input=stdin, what=argv[0], **kw)
 
     async def squeue(self, names: list[str]) -> dict[str, Job]:
         if not names:

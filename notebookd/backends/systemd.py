@@ -22,6 +22,7 @@ from notebookd import launch, procs
 from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
+from notebookd.backends.tools import run_tool
 from notebookd.fsutil import write_atomic
 from notebookd.model import ServerSpec
 from notebookd.procs import MARKER_VAR
@@ -32,6 +33,7 @@ DROPIN_ROOT = "/run/systemd/system"  # runtime drop-ins: gone at reboot, written
 DROPIN_NAME = "50-notebookd.conf"
 TOKEN_FILE = "%d/token"  # %d: the unit's credentials directory
 SYSTEMCTL = shutil.which("systemctl") or "/usr/bin/systemctl"
+SYSTEMCTL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
 PROPS = ("Id", "ActiveState", "SubState", "MainPID", "Result", "ExecMainCode", "ExecMainStatus",
          "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic", "StateChangeTimestampMonotonic",
@@ -50,23 +52,7 @@ def dropin_path(name: str) -> str:
 # ---- systemctl, one function per call ----
 
 async def _systemctl(*args: str, timeout: float = 120) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            SYSTEMCTL, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                                                  "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
-    except OSError as exc:
-        raise BackendError(f"cannot run systemctl: {exc.strerror or exc}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise BackendError(f"systemctl {' '.join(args)}: no answer within {timeout:g}s") from None
-    if proc.returncode != 0:
-        message = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
-        raise BackendError(f"systemctl {' '.join(args)}: {message}")
-    return out.decode(errors="replace")
+    return await run_tool([SYSTEMCTL, *args], env=SYSTEMCTL_ENV, timeout=timeout, what=f"systemctl {' '.join(args)}")
 
 
 async def daemon_reload() -> None:
