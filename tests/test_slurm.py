@@ -188,7 +188,10 @@ def test_slurm_config_keys(tmp_path):
                          ("slurm: {time: soon}", "time limit"),
                          ("slurm: {partition: 'a b'}", "Slurm value"),
                          ("slurm: {cpu: 2}", "did you mean 'cpus'"),
-                         ("users:\n  alice: {slurm: {shared_dir: /x}}", "unknown key")):
+                         ("users:\n  alice: {slurm: {shared_dir: /x}}", "unknown key"),
+                         ("backend: slurm\nserver: {start: on-demand}", "port is on a compute node"),
+                         ("backend: slurm\nusers:\n  alice: {idle: {stop_after: 1h}}",
+                          "idle stop of jobs is not done yet")):
         with pytest.raises(ConfigError, match=message):
             load(bad + "\n")
 
@@ -368,6 +371,9 @@ def test_servers_are_jobs_of_their_users_on_two_nodes_and_answer_with_their_toke
         # the daemon wrote nginx's include itself, and nginx routes each user to their node
         wait_for(lambda: lab.via_nginx(name) == 200, 60, what=f"{name} through nginx")
     assert open(lab.proxy_file).read() == nginx
+    # status asks each server's activity at its node (kernels, last activity: None when not known)
+    wait_for(lambda: all(lab.rows()[n]["kernels"] is not None and lab.rows()[n]["last_activity"]
+                         for n in lab.names.values()), 60, what="activity of both servers")
 
 
 @needs_root
