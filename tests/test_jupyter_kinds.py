@@ -179,6 +179,8 @@ tls: {{mode: self-signed}}
 state_dir: {{base}}/state
 logs: {{dir: {{base}}/logs}}
 restart: {{backoff_min: 1s, backoff_max: 5s}}
+kernels:
+  debian-py: {{display_name: Debian Python, python: {python}}}
 server: {{frame_ancestors: ["'self'", "https://lms.example.org"]}}
 users:
   {tok}: {{command: [{python}, -m, notebook]}}
@@ -406,11 +408,15 @@ def test_notebook6_takes_the_argon2_password_and_not_the_token(nb6):
 
 @needs_notebook6
 @pytest.mark.root
-def test_a_kernel_of_notebook6_computes_over_its_websocket(nb6):
+def test_kernels_of_notebook6_compute_over_their_websocket(nb6):
     from webclient import run_code
 
     name = nb6.names["k6tok"]
-    assert run_code(nb6.rows()[name]["url"], nb6.token(name), "6*7", cafile=_cafile(nb6, name)) == "42"
+    base, token, cafile = nb6.rows()[name]["url"], nb6.token(name), _cafile(nb6, name)
+    assert run_code(base, token, "6*7", cafile=cafile) == "42"
+    # notebookd's shared kernels reach notebook 6 too (JUPYTER_PATH), and run
+    assert run_code(base, token, "import sys; sys.executable", kernel_name="debian-py", cafile=cafile) == \
+        repr(DEBIAN_PYTHON)
 
 
 @needs_notebook6
