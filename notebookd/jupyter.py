@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 
+from notebookd import embed
 from notebookd.fsutil import remove, write_atomic
 from notebookd.model import ServerSpec
 
@@ -239,7 +240,9 @@ def write_config(path: str, spec: ServerSpec, kind: ServerKind, access, uid: int
     """The JSON config at `path` and, when the server takes a password, the loader beside it
     (both 0640, owner `uid`, group `gid`: readable by the user, changeable only by root). Both
     applications load them by `--config=path` (the .py beside the .json too)."""
-    write_atomic(path, json.dumps(server_config(spec, kind, access), indent=1).encode(), 0o640, uid, gid)
+    config = server_config(spec, kind, access)
+    embed.configure(config, spec, os.path.dirname(path))  # the files embed.install wrote beside it
+    write_atomic(path, json.dumps(config, indent=1).encode(), 0o640, uid, gid)
     loader = os.path.join(os.path.dirname(path), "jupyter_server_config.py")
     if access is not None and access.password_file:
         write_atomic(loader, password_loader(kind, access.password_file).encode(), 0o640, uid, gid)
