@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, Callable
@@ -92,6 +93,21 @@ def _slurm_time(item: Located) -> str:
     return text
 
 
+def slurm_seconds(text: str) -> float | None:
+    """A Slurm time limit in seconds (`man sbatch`, --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None: no limit."""
+    if not text or text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:
+        h, (m, sec) = 0, (parts + [0])[:2]
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + sec
+
+
 def _slurm_extra(item: Located) -> tuple[str, ...]:
     words = v.str_list(item)
     for word, located in zip(words, item.value):
@@ -146,10 +162,18 @@ class Proxy:
     server_name: str = setting("_", v.nginx_server_names, "nginx `server_name`")
     cert: str = setting("", v.optional_path, "TLS at nginx: certificate file (with key; both empty: plain HTTP)")
     key: str = setting("", v.optional_path, "TLS at nginx: key file")
+    file: str = setting("", v.optional_path, "the daemon keeps this file equal to `render nginx` (servers that "
+                        "move: Slurm jobs; users added or removed); empty: render by hand")
+    reload: tuple[str, ...] = setting((), v.command, "run (as root) after each change of `file`, e.g. "
+                                      "nginx -s reload")
 
     def check(self, sec: _Section) -> None:
         if bool(self.cert) != bool(self.key):
             raise sec.item.error("cert and key go together: give both for TLS at nginx, or neither")
+        if self.reload and not self.file:
+            raise sec.keys["reload"].error("reload goes with file: the command runs after notebookd rewrites it")
+        if self.reload and not os.path.isabs(self.reload[0]):
+            raise sec.keys["reload"].error(f"{self.reload[0]!r}: give the program's absolute path (root runs it)")
 
 
 def _host_port(item: Located) -> tuple[str, int]:
@@ -303,6 +327,15 @@ class Slurm:
     mem: str = setting("", _slurm_word, "--mem, Slurm's size syntax (4G, 500M)")
     gres: str = setting("", _slurm_word, "--gres, e.g. gpu:1")
     extra: tuple[str, ...] = setting((), _slurm_extra, "more sbatch options, one word each (--constraint=ib)")
+    resubmit_before: float | None = setting(
+        None, v.optional(v.positive_duration), "this long before the job's time limit, a new job takes over "
+        "(on another node) once it answers, then the old one is cancelled; empty: the job ends at its limit")
+
+    def check(self, sec: _Section) -> None:
+        limit = slurm_seconds(self.time)
+        if self.resubmit_before is not None and limit is not None and self.resubmit_before >= limit:
+            raise (sec.keys.get("resubmit_before") or sec.keys.get("time") or sec.item).error(
+                f"resubmit_before ({self.resubmit_before:g}s) must be shorter than the time limit ({limit:g}s)")
     shared_dir: str = setting("", v.optional_path, "a root-owned directory every node sees; empty: the run dir",
                               restart=True)
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from notebookd import (__version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, metrics,
-                       publicurl, reconcile)
+                       nginx, publicurl, reconcile)
 from notebookd.access import uses_password, uses_token
 from notebookd.activity import ActivityBook
 from notebookd.backends import factory
@@ -27,11 +27,13 @@ from notebookd.control import Peer, Refused, serve
 from notebookd.frontdoor.door import FrontDoor
 from notebookd.fsutil import ensure_dir, remove
 from notebookd.model import ServerStatus
-from notebookd.notify import Notifier
+from notebookd.listeners import SocketBook
+from notebookd.notify import Notifier, listen_fds
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
 from notebookd.stats import Stats
 from notebookd.ports import PortBookError
+from notebookd.proxyfile import ProxyFile
 from notebookd.reconcile import ApplyError
 from notebookd.tokens import TokenStore
 
@@ -58,6 +60,7 @@ class Daemon:
         self.activity: ActivityBook | None = None
         self.metrics = metrics.Service(self._snapshot)
         self.door: FrontDoor | None = None
+        self.proxy_file = ProxyFile(self._rendered)  # proxy.file: render nginx, kept up to date
         self._status_pending = False
 
     # -- lifecycle --
@@ -77,7 +80,10 @@ class Daemon:
         self.passwords = PasswordStore(self.config.state_dir)
         self.activity = ActivityBook(self.tokens, self.config.metrics.activity_interval)
         try:
-            self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
+            book = self._socket_book()
+            self.backend = factory.make(self.config, self.layout, self.tokens, self._changed, book)
+            if getattr(self.backend, "sockets", None) is not book:
+                book.release_others(set())  # a backend that holds no ports: a port kept for the native one is free
             await self.backend.open()
         except BackendError as exc:
             log.error("backend %s: %s", self.config.backend, exc)
@@ -99,6 +105,7 @@ class Daemon:
             return 1
         except Exception:  # noqa: BLE001 - the servers that could start run; the error is in the log
             log.exception("the first reconcile failed")
+        self.proxy_file.poke()
         self.notifier.ready(self._summary())
         log.info("notebookd %s running: %s (config %s, control %s)", __version__, self._summary(),
                  self.config.file, self.layout.socket)
@@ -121,6 +128,7 @@ class Daemon:
             self.notifier.stopping()
             control.close()
             self.door.close()
+            self.proxy_file.close()
             watchdog.cancel()
             renewal.cancel()
             activity.cancel()
@@ -140,6 +148,14 @@ class Daemon:
             return EXIT_DETACHED
         log.info("stopped")
         return 0
+
+    def _socket_book(self) -> SocketBook:
+        """Users' listening sockets, kept in systemd's fd store (when it runs us) so that no restart of
+        the daemon frees a port; what the last daemon stored comes back here (LISTEN_FDS)."""
+        inherited = listen_fds()
+        if inherited:
+            log.info("took %d listening socket(s) back from systemd's fd store", sum(map(len, inherited.values())))
+        return SocketBook(self.notifier if self.notifier.enabled else None, inherited)
 
     async def _reconcile(self) -> None:
         self.desired = desiredmod.build(self.config, self.layout.system)
@@ -167,6 +183,8 @@ class Daemon:
         if hold is not None:
             for name, problem in hold(self.desired.specs).items():
                 log.error("%s: %s", name, problem)
+            for name in self.backend.sockets.release_others(set(self.desired.specs)):
+                log.info("%s: no longer configured; its port, kept while no notebookd ran, is free", name)
 
     async def reload(self) -> None:
         """Re-read the config; a bad file changes nothing (the running config stays)."""
@@ -198,6 +216,7 @@ class Daemon:
                     log.exception("reload: %s", error)
                 self.notifier.ready(self._summary())
                 raise Refused(error) from None
+        self.proxy_file.poke()  # users added or removed, proxy: keys changed
         await self.metrics.apply(new.metrics)
         self.activity.min_age = new.metrics.activity_interval
         self.last_reload = {"ok": True, "at": time.time(), "error": None}
@@ -213,7 +232,10 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _changed(self) -> None:
-        """A server changed state: refresh systemd's STATUS= once this loop iteration is done."""
+        """A server changed state (or moved): refresh systemd's STATUS= once this loop iteration is done,
+        and proxy.file (a server on another node)."""
+        if self.config.proxy.file and self.door is not None:
+            self.proxy_file.poke()
         if self.notifier.enabled and not self._status_pending:
             self._status_pending = True
 
@@ -430,6 +452,11 @@ class Daemon:
                           "cert": proxy.cert, "key": proxy.key},
                 "front_door": {"enabled": self.config.front_door.enabled, "socket": self.door.path}}
 
+    def _rendered(self) -> tuple[str, tuple[str, ...], str]:
+        """What proxy.file should hold: `notebookd render nginx`'s text, from the same answer."""
+        proxy = self.config.proxy
+        return proxy.file, proxy.reload, nginx.render(self._proxy()) if proxy.file else ""
+
     async def _renew_certificates(self) -> None:
         """Renew the self-signed certificate before it expires, and restart the servers that use it
         (a server reads its certificate once, at start)."""
@@ -459,7 +486,8 @@ class Daemon:
         return {
             "pid": os.getpid(), "version": __version__, "backend": self.config.backend,
             "config": self.config.file, "since": self.started, "mode": "system" if self.layout.system else "user",
-            "reload": self.last_reload, "warnings": list(self.desired.warnings),
+            "reload": self.last_reload,
+            "warnings": list(self.desired.warnings) + ([self.proxy_file.error] if self.proxy_file.error else []),
             "metrics": {"listen": metrics.address(self.config.metrics),
                         "textfile": self.config.metrics.textfile or None, "error": self.metrics.error},
         }

@@ -2,7 +2,7 @@
 
 Every backend (native exec and fork, supervisor, systemd) and the bench call `prepare`. In
 `<run_dir>/servers/USER/` (root-owned, group the user's, 0750) it writes the jupyter config (0640),
-the `migrated` marker, and what access.py hands the user (token, password hash, TLS key, cookie
+the `migrated` marker, embed.py's files (when another site may frame the server), and what access.py hands the user (token, password hash, TLS key, cookie
 secret), except the token when the manager delivers it itself (systemd's LoadCredential=). What it
 needs from the user's world (root_dir, the command in PATH, the interpreter's versions) it asks of
 preflight.py, which looks as the user. argv and environment come from `jupyter.py`.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from notebookd import jupyter, kernelspecs, preflight
+from notebookd import embed, jupyter, kernelspecs, preflight
 from notebookd.access import Access
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.model import ServerSpec
@@ -103,6 +103,7 @@ async def prepare(spec: ServerSpec, run_dir: str, access: Access, *, system: boo
         write_atomic(migrated, b"", 0o644, owner, acc.gid)
     files = _files(run_dir, spec.name, runtime_dir)
     granted = access.install(spec, base, owner)
+    embed.install(spec, base, owner)  # in-frame opening when another site may embed the server
     if token_file is not None and granted.token_file is not None:
         os.unlink(granted.token_file)
         granted = replace(granted, token_file=token_file)
@@ -111,7 +112,7 @@ async def prepare(spec: ServerSpec, run_dir: str, access: Access, *, system: boo
     mark = marker(spec.name, run_dir)
     env = jupyter.environment(spec, files, mark, granted)
     found = await preflight.check(spec, env, identity=system, root_dir=check_root_dir)
-    words = [found.argv0, *jupyter.command(spec)[1:]]
+    words = list(found.words)
     jupyter.write_config(files["config"], spec, found.kind, granted, owner, acc.gid)
-    return Launch(tuple(jupyter.argv(spec, files["config"], words)), env, spec.root_dir, mark, found.kind,
-                  len(words), found.python)
+    return Launch(tuple(jupyter.argv(spec, files["config"], words, found.kind)), env, spec.root_dir, mark,
+                  found.kind, len(words), found.python)

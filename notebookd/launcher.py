@@ -1,14 +1,16 @@
-"""Run a jupyter_server on a listening socket it is handed, instead of one it binds.
+"""Run a jupyter server on a listening socket it is handed, instead of one it binds.
 
-notebookd holds every configured user's listening socket (see notebookd/sockets.py), so a server
-must accept on that socket and never bind. Neither jupyter_server 1.23 (Debian) nor 2.x (PyPI) can
-take a socket: both bind in `ServerApp._bind_http_server_tcp`, and 2.x first test-binds the port in
-`_find_http_port`. This launcher replaces both, then runs the server unchanged.
+notebookd holds every configured user's listening socket (see notebookd/listeners.py), so a server
+must accept on that socket and never bind. Neither jupyter_server 1.23 (Debian) nor 2.x (PyPI) nor
+notebook 6 (Debian's NotebookApp) can take a socket: all bind in `_bind_http_server_tcp`, and
+jupyter_server 2.x first test-binds the port in `_find_http_port`. This launcher replaces those of
+the application it is told (`--app`), refuses every other bind of tornado's, then runs the server
+unchanged.
 
 It runs as the user, in the server's own interpreter, by path:
 
-    PYTHON -I /…/notebookd/launcher.py --listen-fd N [--drain SECONDS] -m jupyter_server ARGS…
-    PYTHON -I /…/notebookd/launcher.py --listen-fd N [--drain SECONDS] /path/to/jupyter-server ARGS…
+    PYTHON -I /…/notebookd/launcher.py --listen-fd N [--drain S] [--app APP] -m jupyter_server ARGS…
+    PYTHON -I /…/notebookd/launcher.py --listen-fd N [--drain S] [--app APP] /path/to/jupyter-server ARGS…
 
 so it imports nothing from notebookd (that interpreter need not have notebookd: Debian's
 /usr/bin/python3 with a pip-installed notebookd), and is root-owned like the rest of the package.
@@ -96,8 +98,62 @@ def listening_socket(fd: int) -> socket.socket:
     return sock
 
 
-def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
-    """Make every ServerApp of this process serve on `sock` and hand over gracefully when stopped."""
+def install(sock: socket.socket, drain: float = DEFAULT_DRAIN, app: str = "ServerApp") -> None:
+    """Make every `app` of this process serve on `sock` and hand over gracefully when stopped:
+    jupyter_server's ServerApp, or notebook 6's NotebookApp (`app`, as the daemon's probe found it)."""
+    _forbid_binding()
+    if app == "NotebookApp":
+        _install_notebook(sock, drain)
+    elif app == "ServerApp":
+        _install_server(sock, drain)
+    else:
+        raise SystemExit(f"notebookd launcher: cannot drive {app!r}")
+
+
+def _forbid_binding() -> None:
+    """No HTTP server of this process binds a port of its own: the one it serves on is the one
+    notebookd handed it, whatever the application does (a probe the user forged, a new version that
+    binds elsewhere). A bind fails the start instead of serving on a port notebookd did not assign."""
+    import errno
+
+    from tornado.tcpserver import TCPServer
+
+    def refuse(self, port, address=None, *args, **kwargs):
+        raise OSError(errno.EACCES, f"notebookd: this server serves only on the socket notebookd hands it, "
+                                    f"never on a port of its own ({address or '*'}:{port})")
+
+    TCPServer.listen = TCPServer.bind = refuse
+
+
+def _serve(server, sock: socket.socket, inflight: _InFlight) -> None:
+    """Tornado's HTTPServer accepts on `sock`, each request counted in `inflight`."""
+    start_request = server.start_request
+
+    def counted(server_conn, request_conn):
+        return _Counted(start_request(server_conn, request_conn), request_conn, inflight)
+
+    server.start_request = counted
+    server.add_sockets([sock])
+
+
+async def _handover(app, server, inflight: _InFlight, drain: float) -> None:
+    """Stop accepting (this process's copy only: the backlog stays with notebookd), let accepted
+    requests finish within `drain` seconds, keep-alive off meanwhile."""
+    import asyncio
+
+    server.stop()
+    server.conn_params.no_keep_alive = True  # shared by every connection: each closes after its answer
+    app.log.info("notebookd: stopped accepting; %d request(s) to finish", inflight.count)
+    deadline = time.monotonic() + drain
+    while inflight.count > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    if inflight.count:
+        app.log.warning("notebookd: %d request(s) still open after %gs", inflight.count, drain)
+
+
+def _install_server(sock: socket.socket, drain: float) -> None:
+    """jupyter_server 1.23 and 2.x bind in `_bind_http_server_tcp`; 2.x test-binds first in
+    `_find_http_port`."""
     from jupyter_server.serverapp import ServerApp
 
     original_stop = ServerApp.stop
@@ -107,14 +163,7 @@ def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
         self.port = sock.getsockname()[1]
 
     def _bind_http_server_tcp(self) -> bool:
-        server = self.http_server
-        start_request = server.start_request
-
-        def counted(server_conn, request_conn):
-            return _Counted(start_request(server_conn, request_conn), request_conn, inflight)
-
-        server.start_request = counted
-        server.add_sockets([sock])
+        _serve(self.http_server, sock, inflight)
         self.port = sock.getsockname()[1]
         return True
 
@@ -128,16 +177,7 @@ def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
             return original_stop(self, from_signal)
 
         async def handover() -> None:
-            import asyncio
-
-            server.stop()  # closes this process's copy only: the backlog stays with notebookd
-            server.conn_params.no_keep_alive = True  # shared by every connection: each closes after its answer
-            self.log.info("notebookd: stopped accepting; %d request(s) to finish", inflight.count)
-            deadline = time.monotonic() + drain
-            while inflight.count > 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if inflight.count:
-                self.log.warning("notebookd: %d request(s) still open after %gs", inflight.count, drain)
+            await _handover(self, server, inflight, drain)
             original_stop(self, False)
 
         if from_signal:
@@ -150,6 +190,35 @@ def install(sock: socket.socket, drain: float = DEFAULT_DRAIN) -> None:
     ServerApp.stop = stop
 
 
+def _install_notebook(sock: socket.socket, drain: float) -> None:
+    """notebook 6 binds in `_bind_http_server_tcp` too (a loop over random_ports calling
+    http_server.listen); SIGTERM stops its loop in `_signal_stop`, after which its `start` shuts the
+    kernels down. The handover runs before that loop stops."""
+    from notebook.notebookapp import NotebookApp
+
+    inflight = _InFlight()
+
+    def _bind_http_server_tcp(self) -> bool:
+        _serve(self.http_server, sock, inflight)
+        self.port = sock.getsockname()[1]
+        return True
+
+    def _signal_stop(self, sig, frame) -> None:
+        if getattr(self, "_notebookd_draining", False):
+            return
+        self._notebookd_draining = True
+        self.log.critical("received signal %s, stopping", sig)
+
+        async def handover() -> None:
+            await _handover(self, self.http_server, inflight, drain)
+            self.io_loop.stop()
+
+        self.io_loop.add_callback_from_signal(handover)
+
+    NotebookApp._bind_http_server_tcp = _bind_http_server_tcp
+    NotebookApp._signal_stop = _signal_stop
+
+
 def python_of(words: list[str], interpreter: str | None) -> str | None:
     """The Python that would run the command `words` (`interpreter`: the one its #! line names), or
     None if it is not run by Python (a shell wrapper, a binary): then no socket can be handed to it."""
@@ -160,10 +229,12 @@ def python_of(words: list[str], interpreter: str | None) -> str | None:
     return None
 
 
-def wrap(argv: list[str], fd: int, drain: float, python: str) -> list[str]:
+def wrap(argv: list[str], fd: int, drain: float, python: str, app: str = "ServerApp") -> list[str]:
     """The server's `argv` run under this launcher with socket `fd`. For the daemon: `argv` is
-    `PYTHON [FLAGS] -m MODULE ARGS` or `SCRIPT ARGS` (`python`: from `python_of`)."""
-    ours = [os.path.abspath(__file__), f"--listen-fd={fd}", f"--drain={drain:g}"]
+    `PYTHON [FLAGS] -m MODULE ARGS` or `SCRIPT ARGS` (`python`: from `python_of`; a `jupyter SUB`
+    is already its jupyter-SUB script, found by preflight.py as the user), `app` the application
+    class it runs (jupyter.ServerKind.app)."""
+    ours = [os.path.abspath(__file__), f"--listen-fd={fd}", f"--drain={drain:g}", f"--app={app}"]
     if os.path.basename(argv[0]).startswith("python"):
         flags = []
         for word in argv[1:]:
@@ -171,16 +242,11 @@ def wrap(argv: list[str], fd: int, drain: float, python: str) -> list[str]:
                 break
             flags.append(word)
         return [argv[0], *flags, *ours, *argv[1 + len(flags):]]
-    if os.path.basename(argv[0]) == "jupyter" and len(argv) > 1 and not argv[1].startswith("-"):
-        # `jupyter lab` execs jupyter-lab, which would start without the socket: run that script directly
-        sub = os.path.join(os.path.dirname(argv[0]), f"jupyter-{argv[1]}")
-        if os.path.isfile(sub):
-            argv = [sub, *argv[2:]]
     return [python, "-I", *ours, *argv]
 
 
-def _parse(argv: list[str]) -> tuple[int, float, list[str]]:
-    fd, drain, rest = None, DEFAULT_DRAIN, list(argv)
+def _parse(argv: list[str]) -> tuple[int, float, str, list[str]]:
+    fd, drain, app, rest = None, DEFAULT_DRAIN, "ServerApp", list(argv)
     while rest and rest[0].startswith("--"):
         word = rest.pop(0)
         name, _, value = word.partition("=")
@@ -190,6 +256,8 @@ def _parse(argv: list[str]) -> tuple[int, float, list[str]]:
             fd = int(value)
         elif name == "--drain":
             drain = float(value)
+        elif name == "--app":
+            app = value
         else:
             raise SystemExit(f"notebookd launcher: unknown option {name}")
     if fd is None and os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
@@ -197,15 +265,16 @@ def _parse(argv: list[str]) -> tuple[int, float, list[str]]:
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)  # not for the kernels
     if fd is None or not rest:
-        raise SystemExit("usage: launcher.py --listen-fd N [--drain S] (-m MODULE | SCRIPT) ARGS...")
-    return fd, drain, rest
+        raise SystemExit("usage: launcher.py --listen-fd N [--drain S] [--app ServerApp|NotebookApp] "
+                         "(-m MODULE | SCRIPT) ARGS...")
+    return fd, drain, app, rest
 
 
 def main(argv: list[str]) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # notebookd's modules shadow nothing
-    fd, drain, rest = _parse(argv)
-    install(listening_socket(fd), drain)
+    fd, drain, app, rest = _parse(argv)
+    install(listening_socket(fd), drain, app)
     import runpy
 
     if rest[0] == "-m":

@@ -3,27 +3,35 @@
 Root must not resolve a path a user controls (a symlink in a home can point anywhere root may go,
 and on NFS with root_squash root may not enter a 0700 home at all), nor execute or read a program a
 user can write (a `.pth` file in a user's venv runs with the rights of whoever starts that Python).
-So the three things a start needs from the user's world are asked of a short helper that runs as
+So the things a start needs from the user's world are asked of a short helper that runs as
 the user, with the server's own clean environment, cwd `/`, and a deadline:
 
 - can the user enter `root_dir`? (the server's own chdir happens later, as the user, in every
   spawn path; this check is what turns a failure into a one-line error naming user and path)
 - which file in the server's PATH is the command (only if argv[0] is not absolute)?
-- which Python does the command run, and what does it have (jupyter_server's major version,
-  JupyterLab or the classic UI)? Only for a command other than the daemon's own interpreter, whose
-  answer the daemon reads from its own, root-installed environment without running anything.
+- is `jupyter SUB` the `jupyter-SUB` script beside it (what jupyter would exec, and what must run
+  under the launcher to be handed the socket)?
+- which Python does the command run, and what does it run (the module after -m, or the script's
+  console_scripts entry point), with which versions of jupyter_server, notebook, JupyterLab and
+  nbclassic? That decides the application notebookd drives (jupyter.kind_from_probe): ServerApp,
+  notebook 6's NotebookApp, or neither, and then the start is refused with one line. Only for a
+  command other than the daemon's own interpreter, whose answer the daemon reads from its own,
+  root-installed environment without running anything of a user's.
 
 The helper's answer is the user's word, so it is checked before use: the command must be one of the
-paths the daemon itself derived from the admin's PATH, the version a small integer, the UI one of
-two known paths. Nothing is cached: an answer is used for that user's next start only, so a user
+paths the daemon itself derived from the admin's PATH, the jupyter-SUB path is the daemon's own join
+(the user only says yes), the application one of two names, the version a small integer, the UI one
+of two known paths. Nothing is cached: an answer is used for that user's next start only, so a user
 who forges one (they may ptrace their own helper) changes nothing but their own server's config
-keys and landing page, which they could set in their own ~/.jupyter anyway.
+keys and landing page, which they could set in their own ~/.jupyter anyway, and which application class
+the launcher hands the socket to (a wrong one fails the start: the launcher lets nothing else bind).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -59,11 +67,17 @@ if req["candidates"] and found is None:
     sys.exit(0)
 if found is not None:
     argv0 = req["candidates"][found]
-python = None
+rest, sub, python, target = req["rest"], False, None, req["target"]
+if os.path.basename(argv0) == "jupyter" and rest and not rest[0].startswith("-"):
+    # `jupyter lab` execs jupyter-lab: the script beside it is what runs (and takes the socket)
+    script = os.path.join(os.path.dirname(argv0), "jupyter-" + rest[0])
+    if os.path.isfile(script):
+        argv0, sub = script, True
 if req["probe"]:
     if os.path.basename(argv0).startswith("python"):
         python = argv0
     else:
+        target = {"script": argv0}
         try:
             with open(argv0, "rb") as fh:
                 first = fh.readline(256)
@@ -79,10 +93,10 @@ if req["probe"]:
                         break
             elif words:
                 python = words[0]
-say(found=found, python=python)
+say(found=found, python=python, sub=sub)
 if python is not None:
     try:
-        os.execv(python, [python, "-I", "-c", req["code"]])
+        os.execv(python, [python, "-I", "-c", req["code"], json.dumps(target)])
     except OSError:
         pass
 """
@@ -101,6 +115,7 @@ class Preflight:
     argv0: str
     kind: jupyter.ServerKind
     python: str | None = None  # the interpreter argv0 runs (itself, or its #! line's), as the user found it
+    words: tuple[str, ...] = ()  # the command to run: argv0 found in PATH, `jupyter SUB` as the jupyter-SUB beside it
 
 
 def candidates(spec: ServerSpec, word: str) -> list[str]:
@@ -113,15 +128,21 @@ def candidates(spec: ServerSpec, word: str) -> list[str]:
 async def check(spec: ServerSpec, env: dict[str, str], identity: bool, root_dir: bool = True) -> Preflight:
     """Ask the user's side; `identity`: run as the server's user (False when the daemon is not root).
     `root_dir`: check it (a spawn path that reports its own failed chdir may skip it).
-    Raises PreflightError."""
+    Raises PreflightError, also for a command whose application notebookd cannot drive (it is never
+    started to see what it does)."""
     words = jupyter.command(spec)
-    own = jupyter.own_kind(words)
+    acc = spec.account
+    shown = f"command {shlex.join(words)!r}"
+    try:
+        own = jupyter.own_kind(words)
+    except jupyter.Undrivable as exc:
+        raise PreflightError(acc.name, str(exc)) from None
     cands = candidates(spec, words[0])
     if own is not None and not cands and not root_dir:
-        return Preflight(words[0], own, words[0])  # nothing of the user's to look at
-    acc = spec.account
+        return Preflight(words[0], own, words[0], tuple(words))  # nothing of the user's to look at
     request = {"root_dir": spec.root_dir if root_dir else "/", "argv0": words[0], "candidates": cands,
-               "path": spec.settings.path, "probe": own is None, "code": jupyter.PROBE}
+               "path": spec.settings.path, "probe": own is None, "code": jupyter.PROBE, "rest": words[1:],
+               "target": jupyter.target(words)}
     lines = await _run(spec, [sys.executable, "-I", "-S", "-c", HELPER, json.dumps(request)], env, identity)
     first = _parse(lines[0] if lines else "")
     if first is None:
@@ -134,9 +155,20 @@ async def check(spec: ServerSpec, env: dict[str, str], identity: bool, root_dir:
         if not isinstance(found, int) or not 0 <= found < len(cands):
             raise PreflightError(acc.name, f"command {words[0]!r} not found in PATH {spec.settings.path}")
         argv0 = cands[found]
-    kind = own if own is not None else jupyter.kind_from_probe(_parse(lines[1]) if len(lines) > 1 else None)
+    run = [argv0, *words[1:]]
+    if first.get("sub") is True and os.path.basename(argv0) == "jupyter" and len(run) > 1:
+        run = [os.path.join(os.path.dirname(argv0), f"jupyter-{run[1]}"), *run[2:]]  # our path, the user's yes
     python = words[0] if own is not None else _plain_path(first.get("python"))
-    return Preflight(argv0, kind, python)
+    if own is not None:
+        kind = own
+    elif python is None:
+        kind = jupyter.ServerKind()  # not run by Python (a shell wrapper): nothing to ask; it binds itself
+    else:
+        try:
+            kind = jupyter.kind_from_probe(_parse(lines[1]) if len(lines) > 1 else None, shown)
+        except jupyter.Undrivable as exc:
+            raise PreflightError(acc.name, _one_line(str(exc))) from None
+    return Preflight(argv0, kind, python, tuple(run))
 
 
 def _plain_path(value) -> str | None:

@@ -6,8 +6,8 @@ machine is left alone), the state and spool directories. Each daemon is stopped 
 
 One node (`localhost`, 127.0.0.1, the machine's CPUs), or two: Debian's slurmd runs several times on one
 machine with `-N NAME` (each node with its own Port= and spool), so `n1` and `n2` get one CPU each and
-jobs really land on two nodes. Both have NodeAddr 127.0.0.1: the servers listen on loopback only, as every
-network test here does (distinct node addresses are tested against recorded sinfo output).
+jobs really land on two nodes. Their NodeAddr are 127.0.0.1 and 127.0.0.2 (`address()`): loopback only, as
+every network test here, yet distinct, so a server reached at the wrong node's address is refused.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ AccountingStorageType=accounting_storage/none
 {nodes}
 PartitionName=lab Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
-NODE = "NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} CPUs={cpus} RealMemory={memory}"
+NODE = "NodeName={name} NodeHostname=localhost NodeAddr={addr} Port={port} CPUs={cpus} RealMemory={memory}"
 
 
 def _node_size() -> tuple[int, int]:
@@ -90,7 +90,8 @@ class Cluster:
         os.makedirs(os.path.join(self.base, "state"), mode=0o755)
         ctld, *ports = free_ports(1 + len(self.node_names), 26000)
         cpus, memory = (self.cpus, self.memory) if len(self.node_names) == 1 else (1, self.memory // 4)
-        nodes = [NODE.format(name=n, port=p, cpus=cpus, memory=memory) for n, p in zip(self.node_names, ports)]
+        nodes = [NODE.format(name=n, addr=self.address(n), port=p, cpus=cpus, memory=memory)
+                 for n, p in zip(self.node_names, ports)]
         with open(self.conf, "w") as fh:
             fh.write(SLURM_CONF.format(base=self.base, ctld_port=ctld, nodes="\n".join(nodes),
                                        names=",".join(self.node_names)))
@@ -102,6 +103,11 @@ class Cluster:
             self._run(["slurmd", "-D", "-N", name, "-f", self.conf], name=f"slurmd-{name}")
         self._wait(lambda: self.node_states() == ["IDLE"] * len(self.node_names), "every node idle")
         return self
+
+    def address(self, node: str) -> str:
+        """n1 is 127.0.0.1, n2 127.0.0.2 …: loopback addresses (lo carries all of 127.0.0.0/8), distinct so
+        that a server reached at the wrong node's address is refused."""
+        return "127.0.0.1" if node == "localhost" else f"127.0.0.{self.node_names.index(node) + 1}"
 
     def _run(self, argv, name, **kw) -> None:
         out = open(os.path.join(self.base, f"{name}.out"), "ab")

@@ -151,14 +151,16 @@ def test_password_loader_reads_the_file_and_refuses_to_run_without(tmp_path):
     pytest.importorskip("jupyter_server", reason="the fast tier's venv has no jupyter_server (the full one has)")
     good = tmp_path / "password"
     good.write_text("argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA\n")
-    for major, target in ((2, "PasswordIdentityProvider"), (1, "ServerApp")):
+    for kind, target in ((jupyter.ServerKind(2), "PasswordIdentityProvider"), (jupyter.ServerKind(1), "ServerApp"),
+                         (jupyter.ServerKind(6, "/tree", jupyter.NOTEBOOK_APP), "NotebookApp")):
         from traitlets.config import Config
 
         c = Config()
-        exec(jupyter.password_loader(major, str(good)), {"c": c})
-        assert str(c[target]["hashed_password" if major == 2 else "password"]).startswith("argon2:$argon2id$")
+        exec(jupyter.password_loader(kind, str(good)), {"c": c})
+        key = "hashed_password" if kind.identity_provider else "password"
+        assert str(c[target][key]).startswith("argon2:$argon2id$")
         with pytest.raises(SystemExit, match="cannot read the password hash"):
-            exec(jupyter.password_loader(major, str(tmp_path / "missing")), {"c": Config()})
+            exec(jupyter.password_loader(kind, str(tmp_path / "missing")), {"c": Config()})
 
 
 def test_environment_token_file_only_with_token_auth():
@@ -284,15 +286,6 @@ def test_major_version_asks_the_interpreter_not_its_binary():
     assert (found.argv0, found.kind.major) == ("/usr/bin/python3", 1)
     assert jupyter.own_kind([sys.executable, "-I", "-m", "jupyter_server"]).major == 2
     assert jupyter.own_kind(["/usr/bin/python3"]) is None
-
-
-def test_a_probe_answer_is_checked_before_use():
-    """The probe runs as the user, who could forge its answer: only a small major and a known path pass."""
-    assert jupyter.kind_from_probe({"server": "1.23.6", "lab": False, "tree": True}) == jupyter.ServerKind(1, "/tree")
-    assert jupyter.kind_from_probe({"server": "2.14", "lab": True}) == jupyter.ServerKind(2, "/lab")
-    for forged in (None, [], {"server": "99"}, {"server": "0"}, {"server": {"x": 1}}, {"server": "2", "lab": "/x"}):
-        kind = jupyter.kind_from_probe(forged)
-        assert kind.major == 2 and kind.default_url in (None,), forged
 
 
 def test_check_config_names_missing_access_files(tmp_path):

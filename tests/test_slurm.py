@@ -3,8 +3,9 @@ two slurmd -N on this machine, one CPU each), plus the parsing and the state log
 output, recorded from such a cluster, in the fast tier.
 
 Each server's job asks for one CPU, so alice and bob run on different nodes, and a third server waits for
-resources. Both nodes have NodeAddr 127.0.0.1 (loopback only): that a server is reached at its own node's
-address is tested against recorded output with two addresses.
+resources. The nodes have NodeAddr 127.0.0.1 and 127.0.0.2 (both loopback), and each server listens on its
+own node's address only: a server looked for at the wrong node is refused. A real nginx (webclient.py) is
+in front, its include kept by the daemon itself (proxy.file, proxy.reload).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import asyncio
 import json
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 from conftest import Daemon, as_user, free_ports, needs_root, wait_for
 from labs import HostLab
+from webclient import NGINX, start_nginx
 from notebookd.backends import slurm
 from notebookd.backends.managed import Observed
 
@@ -189,6 +193,59 @@ def test_slurm_config_keys(tmp_path):
             load(bad + "\n")
 
 
+def test_time_limits_and_resubmit_before(tmp_path):
+    from notebookd import config
+    from notebookd.yamlsource import ConfigError
+
+    assert [config.slurm_seconds(t) for t in ("30", "5:30", "2:00:00", "1-0", "1-2:03", "1-02:03:04", "", "UNLIMITED")] \
+        == [1800, 330, 7200, 86400, 93780, 93784, None, None]
+    path = tmp_path / "n.yaml"
+    path.write_text("backend: slurm\nslurm: {time: '8:00:00', resubmit_before: 10m}\nusers:\n  alice: {}\n"
+                    "  bob: {slurm: {time: 5, resubmit_before: 5m}}\n")
+    with pytest.raises(ConfigError, match=r":5: .*resubmit_before \(300s\) must be shorter than the time limit"):
+        config.load(_layout(str(path)))
+    path.write_text("backend: slurm\nslurm: {time: '8:00:00', resubmit_before: 10m}\n")
+    assert config.load(_layout(str(path))).server.slurm.resubmit_before == 600
+
+
+def test_proxy_file_keys(tmp_path):
+    from notebookd import config
+    from notebookd.yamlsource import ConfigError
+
+    path = tmp_path / "n.yaml"
+    for text, message in (("proxy: {reload: [/usr/sbin/nginx, -s, reload]}", "reload goes with file"),
+                          ("proxy: {file: /etc/nginx/conf.d/n.conf, reload: 'nginx -s reload'}", "absolute path"),
+                          ("proxy: {file: conf.d/n.conf}", "absolute")):
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=message):
+            config.load(_layout(str(path)))
+    path.write_text("proxy: {file: /etc/nginx/conf.d/n.conf, reload: '/usr/sbin/nginx -s reload'}\n")
+    c = config.load(_layout(str(path)))
+    assert (c.proxy.file, c.proxy.reload) == ("/etc/nginx/conf.d/n.conf", ("/usr/sbin/nginx", "-s", "reload"))
+
+
+def test_the_proxy_file_is_rewritten_only_when_the_text_changes_and_a_failed_reload_is_retried(tmp_path):
+    from notebookd.proxyfile import ProxyFile
+
+    target, runs = tmp_path / "notebookd.conf", tmp_path / "runs"
+    state = {"text": "one\n", "reload": ("/bin/sh", "-c", f"echo x >> {runs}")}
+    pf = ProxyFile(lambda: (str(target), state["reload"], state["text"]))
+
+    async def rounds():
+        assert await pf.update() and target.read_text() == "one\n"
+        assert not await pf.update()  # the same text: no write, no reload
+        state["text"] = "two\n"
+        assert await pf.update() and target.read_text() == "two\n"
+        assert runs.read_text() == "x\nx\n" and oct(target.stat().st_mode & 0o777) == "0o644"
+        state["reload"] = ("/bin/sh", "-c", "echo 'nginx: [emerg] bad' >&2; exit 1")
+        state["text"] = "three\n"
+        assert not await pf.update() and pf.error == "proxy.reload: /bin/sh -c echo 'nginx: [emerg] bad' >&2; " \
+            "exit 1: nginx: [emerg] bad"
+        state["reload"] = ("/bin/true",)
+        assert await pf.update() and pf.error is None  # the same text, tried again since its reload failed
+    asyncio.run(rounds())
+
+
 def _layout(path: str):
     from notebookd import paths
 
@@ -216,12 +273,23 @@ def cluster():
 class SlurmLab(HostLab):
     wait_timeout = 120.0
 
-    def __init__(self, cluster, base, names, low):
+    def __init__(self, cluster, base, names, low, proxy_port):
         self.cluster = cluster
         super().__init__("slurm", base, names, low)
+        self.proxy = f"http://127.0.0.1:{proxy_port}"
+        self.proxy_file = os.path.join(base, "notebookd-nginx.conf")  # what webclient's nginx.conf includes
+        nginx = [NGINX, "-c", os.path.join(base, "nginx.conf"), "-e", os.path.join(base, "nginx-error.log"),
+                 "-g", f"pid {base}/nginx.pid;", "-s", "reload"]
         # one CPU and a little memory each: two servers fill the two 1-CPU nodes
-        self.extra = "slurm: {cpus: 1, mem: 400M}"
+        self.extra = (f"slurm: {{cpus: 1, mem: 400M}}\nproxy: {{listen: '127.0.0.1:{proxy_port}', "
+                      f"file: {self.proxy_file}, reload: {json.dumps(nginx)}}}")
         self.daemon = Daemon(base, self._config(), extra_env={"SLURM_CONF": cluster.conf})
+
+    def via_nginx(self, name: str, path: str = "api/kernels") -> int:
+        return self.http(f"{self.proxy}/user/{name}/{path}", self.token(name))
+
+    def address(self, name: str) -> str:
+        return self.cluster.address(self.job(name)["nodes"])
 
     def _config(self) -> str:
         # health checks slower than the module default: a killed server's job must end (FAILED) and be
@@ -238,11 +306,20 @@ def lab(cluster, users):
     names = {"alice": users("slalice").pw_name, "bob": users("slbob").pw_name}
     base = os.path.join(cluster.base, "lab")
     os.makedirs(base, mode=0o755)
-    lab = SlurmLab(cluster, base, names, free_ports(1, 27000)[0]).start()
-    yield lab
-    lab.stop()
-    for user in names.values():
-        wait_for(lambda: not lab.user_pids(user), 60, what=f"{user}'s processes gone")
+    low = free_ports(1, 27000)[0]
+    proxy_port = free_ports(1, low + 40)[0]  # past the servers' ports (low..low+20) and the metrics port
+    lab = SlurmLab(cluster, base, names, low, proxy_port)
+    # nginx first, with nothing in its include: the daemon writes it and reloads nginx itself
+    nginx = start_nginx(base, "")
+    try:
+        lab.start()
+        yield lab
+        lab.stop()
+        for user in names.values():
+            wait_for(lambda: not lab.user_pids(user), 60, what=f"{user}'s processes gone")
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(30)
 
 
 @needs_root
@@ -252,18 +329,26 @@ def test_servers_are_jobs_of_their_users_on_two_nodes_and_answer_with_their_toke
         row = lab.rows()[name]
         job = lab.job(name)
         assert (job["name"], job["user"], job["state"]) == (f"notebookd-{name}", name, "RUNNING")
-        assert row["url"].startswith(f"http://127.0.0.1:{row['port']}/user/{name}/")
-        assert lab.http(row["url"] + "api/kernels", lab.token(name)) == 200
-        assert lab.http(row["url"] + "api/kernels") == 403
+        assert row["local_url"].startswith(f"http://{lab.address(name)}:{row['port']}/user/{name}/")
+        assert lab.http(row["local_url"] + "api/kernels", lab.token(name)) == 200
+        assert lab.http(row["local_url"] + "api/kernels") == 403
         server = lab.pid_of(name, "jupyter_server")
         assert server and lab.proc_user(server) == name
         # submitted by the user: the job's UserId is theirs, and it is no root-submitted job
         shown = lab.cluster.scontrol("show", "job", job["id"]).stdout
         assert f"UserId={name}(" in shown
-    urls = lab.cli("url").stdout
-    assert all(f"127.0.0.1:{lab.rows()[n]['port']}" in urls for n in lab.names.values())
+    urls = lab.cli("url", "--local").stdout
+    assert all(f"{lab.address(n)}:{lab.rows()[n]['port']}" in urls for n in lab.names.values())
+    assert all(f"{lab.proxy}/user/{n}/" in lab.cli("url", n).stdout for n in lab.names.values())  # nginx's
     nginx = lab.cli("render", "nginx").stdout
-    assert all(f"proxy_pass http://127.0.0.1:{lab.rows()[n]['port']}" in nginx for n in lab.names.values())
+    assert all(f"proxy_pass http://{lab.address(n)}:{lab.rows()[n]['port']}" in nginx for n in lab.names.values())
+    # each listens on its own node's address only: the other node's address has nothing there
+    for name in lab.names.values():
+        other = ({"127.0.0.1", "127.0.0.2"} - {lab.address(name)}).pop()
+        assert lab.http(f"http://{other}:{lab.rows()[name]['port']}/user/{name}/api") == 0
+        # the daemon wrote nginx's include itself, and nginx routes each user to their node
+        wait_for(lambda: lab.via_nginx(name) == 200, 60, what=f"{name} through nginx")
+    assert open(lab.proxy_file).read() == nginx
 
 
 @needs_root
@@ -303,7 +388,7 @@ def test_logs_are_the_users_own_and_follow_the_job(lab):
 
         def marker_seen():
             nonlocal seen
-            lab.http(lab.rows()[alice]["url"] + "api/contents/follow-me-please", "wrong-token")
+            lab.http(lab.rows()[alice]["local_url"] + "api/contents/follow-me-please", "wrong-token")
             seen += follow.stdout.read() or b""
             return b"follow-me-please" in seen
         wait_for(marker_seen, 60, interval=0.5, what="the request in logs -f")
@@ -316,14 +401,14 @@ def test_logs_are_the_users_own_and_follow_the_job(lab):
 def test_kill_9_of_the_server_brings_it_back_on_its_port_without_its_kernel(lab):
     bob = lab.names["bob"]
     row = lab.rows()[bob]
-    status = lab.http(row["url"] + "api/kernels", lab.token(bob), method="POST", body=b"{}")
+    status = lab.http(row["local_url"] + "api/kernels", lab.token(bob), method="POST", body=b"{}")
     assert status == 201, lab.last_http_body
     kernel_id = json.loads(lab.last_http_body)["id"]
     kernel = wait_for(lambda: lab.pid_of(bob, kernel_id), 60, what="the kernel process")
     lab.kill(lab.pid_of(bob, "jupyter_server"))
     again = lab.wait_replaced(bob, row["pid"])  # a new job (its id is the PID column)
     assert again["port"] == row["port"] and again["restarts"] >= 1
-    assert lab.http(again["url"] + "api/kernels", lab.token(bob)) == 200
+    assert lab.http(again["local_url"] + "api/kernels", lab.token(bob)) == 200
     assert kernel not in lab.user_pids(bob)  # ended by the job's wrapper, on the node
     old = next(j for j in lab.cluster.jobs() if j["id"] == str(row["pid"]))
     assert old["state"] == "FAILED"
@@ -366,7 +451,7 @@ def test_a_job_sbatch_refuses_is_a_backoff_with_slurms_words(lab, users):
 def test_stop_cancels_the_job_and_leaves_no_process(lab):
     alice = lab.names["alice"]
     row = lab.rows()[alice]
-    status = lab.http(row["url"] + "api/kernels", lab.token(alice), method="POST", body=b"{}")
+    status = lab.http(row["local_url"] + "api/kernels", lab.token(alice), method="POST", body=b"{}")
     assert status == 201
     wait_for(lambda: len(lab.user_pids(alice)) >= 2, 60, what="a kernel")
     assert lab.cli("stop", alice).returncode == 0
@@ -384,3 +469,72 @@ def test_a_new_daemon_adopts_the_jobs(lab):
     lab.wait_all_running()
     assert {n: lab.rows()[n]["pid"] for n in lab.names.values()} == before
     assert "adopting Slurm job" in lab.daemon_log()
+
+
+def _other_node(lab, name: str) -> str:
+    return next(n for n in lab.cluster.node_names if n != lab.job(name)["nodes"])
+
+
+@needs_root
+def test_a_job_resubmitted_onto_the_other_node_is_routed_there_by_nginx_without_admin_action(lab):
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    assert lab.via_nginx(alice) == 200
+    node, other = lab.job(alice)["nodes"], _other_node(lab, alice)
+    # room on the other node; alice's own node drained (maintenance): her next job can only go there
+    assert lab.cli("stop", bob).returncode == 0
+    assert lab.cluster.scontrol("update", f"NodeName={node}", "State=DRAIN", "Reason=nbt-test").returncode == 0
+    try:
+        row = lab.rows()[alice]
+        lab.kill(lab.pid_of(alice, "jupyter_server"))  # it fails; notebookd submits a new job
+        again = lab.wait_replaced(alice, row["pid"])
+        assert lab.job(alice)["nodes"] == other and again["port"] == row["port"]
+        # nobody rendered or reloaded anything: the daemon did, and nginx now proxies to the other node
+        wait_for(lambda: lab.via_nginx(alice) == 200, 60, what="nginx routing alice to her new node")
+        text = open(lab.proxy_file).read()
+        assert f"proxy_pass http://{lab.cluster.address(other)}:{row['port']};" in text
+        assert f"proxy_pass http://{lab.cluster.address(node)}:{row['port']};" not in text
+    finally:
+        lab.cluster.scontrol("update", f"NodeName={node}", "State=RESUME")
+        assert lab.cli("start", bob).returncode == 0
+    lab.wait_all_running()
+    wait_for(lambda: lab.via_nginx(bob) == 200, 60, what="bob through nginx again")
+
+
+@needs_root
+def test_a_job_near_its_time_limit_hands_over_to_a_new_job_and_the_url_keeps_working(lab):
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    entries = dict(lab.entries)
+    token = lab.token(alice)
+    assert lab.cli("stop", bob).returncode == 0  # the other node free for the successor
+    # a 2-minute limit, resubmitted 115 s before it: the successor comes about 5 s after the job starts
+    lab.set_users({**entries, alice: "{slurm: {time: 2, resubmit_before: 115s}}"})
+    try:
+        assert lab.reload().returncode == 0
+        first = wait_for(lambda: (r := lab.rows()[alice])["state"] == "running" and
+                         lab.job(alice)["state"] == "RUNNING" and "2:00" in lab.cluster.command(
+                             "squeue", "-h", "-j", str(r["pid"]), "-o", "%l").stdout and r, 120,
+                         what="alice running in a job with a 2-minute limit")
+        restarts = first["restarts"]
+        wait_for(lambda: lab.via_nginx(alice) == 200, 60, what="nginx routing alice to her job's node")
+        failed = []
+
+        def handed_over():
+            status = lab.via_nginx(alice)
+            if status != 200:
+                failed.append((status, lab.rows()[alice]["pid"], time.strftime("%T")))
+            row = lab.rows()[alice]
+            return row["pid"] != first["pid"] and row
+        row = wait_for(handed_over, 150, interval=0.3, what="a new job taking over from the first")
+        old = lambda: next(j for j in lab.cluster.jobs() if j["id"] == str(first["pid"]))  # noqa: E731
+        wait_for(lambda: handed_over() and old()["state"] == "CANCELLED", 60, interval=0.3,
+                 what="the first job cancelled before its limit")
+        assert failed == [], failed  # through nginx the URL answered all along
+        assert row["state"] == "running" and row["restarts"] == restarts  # nothing crashed
+        assert lab.token(alice) == token
+        assert lab.job(alice)["nodes"] != next(j for j in lab.cluster.jobs() if j["id"] == str(first["pid"]))["nodes"]
+        assert "is cancelled before its time limit" in lab.daemon_log()
+    finally:
+        lab.set_users(entries)
+        assert lab.reload().returncode == 0
+        assert lab.cli("start", bob).returncode == 0
+    lab.wait_all_running()

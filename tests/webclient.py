@@ -1,6 +1,7 @@
-"""Clients for the access tests: nginx started on loopback, the kernel protocol over a WebSocket.
+"""Clients for the access tests: nginx started on loopback, the kernel protocol over a WebSocket, and
+Debian's headless Chromium.
 
-Real parts only: apt's nginx with the config notebookd renders, and the messages JupyterLab sends.
+Real parts only: apt's nginx with the config notebookd renders, the messages JupyterLab sends, a browser.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import textwrap
@@ -102,3 +104,32 @@ def run_code(base: str, token: str, code: str, kernel_name: str | None = None, o
         return asyncio.run(execute(ws, token, code, origin, cafile=cafile))
     finally:
         https(base + f"api/kernels/{kernel}", token, cafile, method="DELETE")
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
+
+
+def chromium(base: str, console: bool = False):
+    """Debian's chromium driven by selenium through chromium-driver, with a fresh profile and the driver's
+    log under `base`; `console`: keep what pages log (drv.get_log("browser"), e.g. CSP violations).
+    Skips the test where either is not installed."""
+    import pytest
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("needs chromium and chromium-driver (apt; tests/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={os.path.join(base, 'chromium-profile')}"):
+        opts.add_argument(flag)
+    # leaving a page that asks "leave site?" (an open notebook): accept, or the next page never loads
+    opts.set_capability("unhandledPromptBehavior", "accept")
+    if console:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver, log_output=os.path.join(base, "chromedriver.log")), options=opts)
+    drv.set_page_load_timeout(120)
+    return drv

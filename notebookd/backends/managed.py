@@ -50,6 +50,8 @@ class Observed:
     error: str | None = None
     memory: int | None = None
     host: str | None = None  # where the server answers, if not on its spec's ip (a Slurm job's node)
+    handover: bool = False  # a new process that already answers took over from the old one (Slurm's
+    # resubmit_before): the server stays running, nothing crashed
 
 
 class Manager(Protocol):
@@ -318,7 +320,15 @@ class ManagedBackend:
     async def _update(self, s: Server, obs: Observed) -> None:
         now = self.machine.now()
         old_pid = s.last_pid
+        if obs.host != s.obs.host:
+            self.changed()  # where it answers moved (a job on another node): `render nginx` changes
         s.obs = obs
+        if obs.handover and old_pid is not None and s.ready_pid == old_pid:
+            log.info("%s: pid %s took over from pid %s%s", s.name, obs.pid, old_pid,
+                     f" on {obs.host}" if obs.host else "")
+            s.last_pid = s.ready_pid = obs.pid
+            s.pid_seen, s.health_failures = now, 0
+            return
         if old_pid is not None and obs.pid != old_pid and s.wanted and not s.busy and not s.planned:
             s.crashed = True  # the process we knew is gone, and nobody asked for that
         if obs.pid and obs.pid != old_pid:  # a new process

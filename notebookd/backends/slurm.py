@@ -3,7 +3,8 @@
 The job runs the server command `launch.prepare` builds for every backend, on the user's port, under a
 small bash wrapper (`script()`): the server's output goes through a line-boundary rotator into the user's
 log, and when the server ends (a crash, or scancel's SIGTERM) the wrapper ends every process that carries
-the server's marker before the job ends, so orphaned kernels die with it even under proctrack/linuxproc.
+the job's id in its environment (NOTEBOOKD_JOB) before the job ends, so orphaned kernels die with it even
+under proctrack/linuxproc. The server listens on its node's NodeAddr (read by the job with scontrol).
 
 Submitting: `sbatch --parsable --export=NONE ...` with the script on stdin, run with the user's uid,
 gid and groups (set between fork and exec, as the native backend spawns servers): the job is the user's
@@ -37,6 +38,7 @@ from notebookd.backends.managed import ManagedBackend, Observed
 from notebookd.backends.tools import run_tool
 from notebookd.fsutil import ensure_dir, write_atomic
 from notebookd.model import ServerSpec
+from notebookd.probe import http_status
 from notebookd.tokens import TokenStore
 
 log = logging.getLogger("notebookd")
@@ -62,8 +64,11 @@ REASONS = {
     "JobHeldUser": "held by its user (scontrol release)",
     "JobHeldAdmin": "held by an admin (scontrol release)",
 }
-FIELDS = "%i|%j|%u|%T|%r|%N|%S"
+FIELDS = "%i|%j|%u|%T|%r|%N|%S|%e"  # %e: when a running job reaches its time limit
 COMMAND_TIMEOUT = 60.0
+# a job replaced before its time limit is cancelled this long after its successor took over: nginx, rendered
+# again at once (proxy.file), has reloaded by then, so no request still goes to the old node
+HANDOVER_GRACE = 10.0
 
 # Run by the server's interpreter on the node: the server's output to the user's log, a new file once the
 # current one has reached max_size, always at a line boundary; keeps max_size*keep bytes at most. It ignores
@@ -101,20 +106,29 @@ def _q(word: str) -> str:
 def script(run: launch.Launch, spec: ServerSpec, log_file: str, python: str) -> str:
     """The batch script: no secret in it (the token is a file the server reads; see the module doc)."""
     env = " ".join(_q(f"{k}={v}") for k, v in sorted(run.env.items()))
-    argv = " ".join(_q(w) for w in run.argv)
+    # the server listens on its node's NodeAddr (what notebookd probes and nginx proxies to), unless the
+    # admin asked for every address (listen.ip: 0.0.0.0 or ::)
+    node_ip = spec.ip not in ("0.0.0.0", "::")
+    argv = " ".join(_q(w[:-len(spec.ip)]) + '"$ip"' if node_ip and w.startswith("--") and w.endswith(f".ip={spec.ip}")
+                    else _q(w) for w in run.argv)
     return f"""\
 #!/bin/bash
 # Written by notebookd: {spec.name}'s jupyter server as a Slurm job. No secret in here: the server reads its
 # token (and password hash) from files only {spec.name} can read.
 set -o pipefail
-mark={_q(run.marker)}
+ip=$(scontrol show node -o "$SLURMD_NODENAME" 2>/dev/null | grep -o ' NodeAddr=[^ ]*' | cut -d= -f2)
+if [ -z "$ip" ]; then
+    echo "[notebookd] cannot read the NodeAddr of node $SLURMD_NODENAME (scontrol); listening on {spec.ip}"
+    ip={_q(spec.ip)}
+fi
 sweep() {{
-    # every process of this server that is still there (kernels start their own sessions, and
-    # proctrack/linuxproc does not follow a kernel whose server died); one grep over every environ
-    # it may read, as a fork per process would take seconds on a busy node
+    # every process of this job's server that is still there (kernels start their own sessions, and
+    # proctrack/linuxproc does not follow a kernel whose server died), known by the job id in its
+    # environment: a successor on the same machine (resubmit_before) is left alone. One grep over every
+    # environ it may read, as a fork per process would take seconds on a busy node
     local f p pass
     for pass in 1 2; do
-        for f in $(grep -lzxF -- "NOTEBOOKD_SERVER=$mark" /proc/[0-9]*/environ 2>/dev/null); do
+        for f in $(grep -lzxF -- "NOTEBOOKD_JOB=$SLURM_JOB_ID" /proc/[0-9]*/environ 2>/dev/null); do
             p=${{f#/proc/}}
             p=${{p%/environ}}
             [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
@@ -123,7 +137,7 @@ sweep() {{
 }}
 server() {{
     cd {_q(run.cwd)} || return 1
-    env -i {env} {argv} &
+    env -i {env} NOTEBOOKD_JOB="$SLURM_JOB_ID" {argv} &
     pid=$!
     trap 'kill -TERM $pid 2>/dev/null' TERM INT
     while :; do
@@ -163,17 +177,19 @@ class Job:
     reason: str
     node: str
     start: float | None
+    end: float | None = None  # a running job's time limit (None: none, or not known)
 
 
 def parse_squeue(text: str) -> dict[str, Job]:
-    """`squeue -h -o FIELDS` lines → jobs by id."""
+    """`squeue -h -o FIELDS` lines → jobs by id (without %e too, as recorded before it was asked)."""
     jobs = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) != 7:
+        if len(parts) not in (7, 8):
             continue
-        jid, name, user, state, reason, node, start = parts
-        jobs[jid] = Job(jid, name, user, state.split()[0], reason, node, _time(start))
+        jid, name, user, state, reason, node, start = parts[:7]
+        end = _time(parts[7]) if len(parts) == 8 else None
+        jobs[jid] = Job(jid, name, user, state.split()[0], reason, node, _time(start), end)
     return jobs
 
 
@@ -247,6 +263,9 @@ class SlurmManager:
         self.last_end: dict[str, str] = {}
         self.addresses: dict[str, str] = {}
         self.ran_since: dict[str, float] = {}
+        self.successors: dict[str, str] = {}  # user -> the job that takes over before the current one's limit
+        self.no_handover: set[str] = set()  # jobs whose successor ended before it answered: they run to their limit
+        self.retiring: dict[str, float] = {}  # replaced job -> when to cancel it
         self._look = asyncio.Lock()
 
     # -- commands --
@@ -281,7 +300,7 @@ class SlurmManager:
 
     def _save(self, name: str) -> None:
         ensure_dir(self.records_dir, 0o700)
-        data = {"job": self.jobs[name], "digest": self.digests.get(name, "")}
+        data = {"job": self.jobs[name], "digest": self.digests.get(name, ""), "next": self.successors.get(name)}
         write_atomic(self._record_path(name), json.dumps(data).encode(), 0o600)
 
     def _drop(self, name: str) -> None:
@@ -304,6 +323,8 @@ class SlurmManager:
                     with open(os.path.join(self.records_dir, entry)) as fh:
                         data = json.load(fh)
                     found[entry[:-5]] = (str(data["job"]), str(data.get("digest", "")))
+                    if data.get("next"):  # a handover under way when the last daemon went: begun again
+                        await self._cancel_quietly(str(data["next"]))
                 except (OSError, ValueError, KeyError):
                     os.unlink(os.path.join(self.records_dir, entry))
         jobs = await self.squeue(sorted(found))
@@ -347,6 +368,7 @@ class SlurmManager:
         self.defs.pop(name, None)
         self.backoff.pop(name, None)
         self._drop(name)
+        self.successors.pop(name, None)
 
     async def start(self, name: str) -> None:
         """Submit a job unless one is pending or running."""
@@ -360,16 +382,21 @@ class SlurmManager:
                 self.backoff[name].at = None
             await self._submit(name)
 
-    async def _submit(self, name: str) -> None:
+    async def _sbatch(self, name: str, *more: str) -> str:
+        """Submit the user's job (as the user); its id."""
         if name not in self.defs:
             raise BackendError(f"{name}: no job definition (not installed)")
         spec, text, args, digest = self.defs[name]
         self._log_dir(name, spec)
-        out = await self._run(["sbatch", "--parsable", *args], stdin=text.encode(), spec=spec)
+        out = await self._run(["sbatch", "--parsable", *args, *more], stdin=text.encode(), spec=spec)
         jid = out.strip().split(";")[0]
         if not jid.isdigit():
             raise BackendError(f"sbatch: unexpected answer {out.strip()!r}")
-        self.jobs[name], self.digests[name] = jid, digest
+        return jid
+
+    async def _submit(self, name: str) -> None:
+        jid = await self._sbatch(name)
+        self.jobs[name], self.digests[name] = jid, self.defs[name][3]
         self.last_end.pop(name, None)
         self._save(name)
         log.info("%s: submitted Slurm job %s", name, jid)
@@ -381,16 +408,18 @@ class SlurmManager:
         if jid is None:
             return
         self.stopping.add(name)
+        ids = [jid] + [j for j in (self.successors.get(name),) if j]
         try:
-            await self._run(["scancel", jid])
+            await self._run(["scancel", *ids])
             deadline = time.monotonic() + 300  # slurmctld's KillWait (30 s by default), then SIGKILL
             while time.monotonic() < deadline:
-                job = (await self.squeue([name])).get(jid)
-                if job is None or job.state not in WAITING | UP | ENDING:
+                jobs = await self.squeue([name])
+                if all(j not in jobs or jobs[j].state not in WAITING | UP | ENDING for j in ids):
                     break
                 await asyncio.sleep(0.25)
             else:
                 raise BackendError(f"job {jid} still there 300s after scancel")
+            self.successors.pop(name, None)
             self._drop(name)
         finally:
             self.stopping.discard(name)
@@ -399,6 +428,10 @@ class SlurmManager:
         async with self._look:
             jobs = await self.squeue(names)
             now = time.time()
+            for jid, at in list(self.retiring.items()):
+                if now >= at:
+                    del self.retiring[jid]
+                    await self._cancel_quietly(jid)
             seen = {}
             for name in names:
                 seen[name] = await self._observe_one(name, jobs, now)
@@ -412,6 +445,9 @@ class SlurmManager:
             return Observed("starting", error=pending_reason(job.reason) if job.state != "CONFIGURING" else
                             f"Slurm: job {job.id} is starting on {job.node}")
         if job is not None and job.state in UP:
+            moved = await self._handover(name, job, jobs, now)
+            if moved is not None:
+                return moved
             self.ran_since.setdefault(name, now)
             spec = spec_of(self, name)
             if backoff and spec and now - self.ran_since[name] >= spec.restart.reset_after:
@@ -422,6 +458,15 @@ class SlurmManager:
         if name in self.stopping:
             return Observed("stopping")
         self.ran_since.pop(name, None)
+        if jid is not None and name in self.successors:  # it ended (its limit) before the handover was done
+            nxt = jobs.get(self.successors.pop(name))
+            if nxt is not None and nxt.state in UP:  # the successor runs: it is the server now
+                self.jobs[name] = nxt.id
+                self._save(name)
+                log.info("%s: %s; job %s takes over", name, describe_end(job) if job else f"job {jid} ended", nxt.id)
+                return Observed("up", pid=int(nxt.id), since=nxt.start, host=await self._address(nxt.node))
+            if nxt is not None:
+                await self._cancel_quietly(nxt.id)  # pending elsewhere: a plain new job goes anywhere
         if jid is not None:  # it ended without us, or aged out of slurmctld while no daemon watched
             end = describe_end(job) if job is not None else f"job {jid} is gone (ended while notebookd was away)"
             self.last_end[name] = end
@@ -447,6 +492,50 @@ class SlurmManager:
             state = "gave_up" if spec is not None and backoff.gave_up(spec) else "backoff"
             return Observed(state, last_exit=self.last_end.get(name))
         return Observed("stopped", last_exit=self.last_end.get(name))
+
+    async def _handover(self, name: str, job: Job, jobs: dict[str, Job], now: float) -> Observed | None:
+        """`resubmit_before`: a running job near its time limit gets a successor on another node (the same
+        port there, so not on this node); once the successor answers, it is the server and the old job is
+        cancelled HANDOVER_GRACE later. Returns the successor, once it has taken over."""
+        spec = spec_of(self, name)
+        if spec is None:
+            return None
+        before = spec.settings.slurm.resubmit_before
+        nxt_id = self.successors.get(name)
+        if nxt_id is None:
+            if before is None or job.end is None or now < job.end - before or job.id in self.no_handover \
+                    or name in self.stopping:
+                return None
+            try:
+                self.successors[name] = await self._sbatch(name, f"--exclude={job.node}")
+            except BackendError as exc:
+                log.error("%s: cannot submit the job to take over before the time limit: %s", name, exc)
+                self.no_handover.add(job.id)
+                return None
+            self._save(name)
+            log.info("%s: job %s reaches its time limit in %.0fs; job %s submitted to take over", name, job.id,
+                     job.end - now, self.successors[name])
+            return None
+        nxt = jobs.get(nxt_id)
+        if nxt is None or nxt.state not in WAITING | UP:
+            log.warning("%s: job %s, to take over from job %s, %s before it answered; job %s runs to its limit",
+                        name, nxt_id, job.id, describe_end(nxt) if nxt else "is gone", job.id)
+            self.successors.pop(name)
+            self.no_handover.add(job.id)
+            self._save(name)
+            return None
+        if nxt.state not in UP:
+            return None
+        host = await self._address(nxt.node)
+        if await http_status(host, spec.port, spec.base_url + "api", 2.0, tls=spec.tls.enabled) != 200:
+            return None
+        self.jobs[name] = nxt.id
+        del self.successors[name]
+        self._save(name)
+        self.retiring[job.id] = now + HANDOVER_GRACE
+        log.info("%s: job %s answers on %s (%s); job %s is cancelled before its time limit", name, nxt.id,
+                 nxt.node, host, job.id)
+        return Observed("up", pid=int(nxt.id), since=nxt.start, host=host, handover=True)
 
     async def _cancel_quietly(self, jid: str) -> None:
         try:
