@@ -1,12 +1,13 @@
 """notebookd against supervisord (and plain parallel `jupyter server`), in one run, as root.
 
-    bench/run [--quick] [--n 10,30] [--reps 3] [--only cold,status,logs,idle]
+    bench/run [--quick] [--n 10,30] [--reps 3] [--only cold,status,logs,scrape,ondemand]
 
 Every compared system runs in the same run, alternately (A B C D, then B C D A, …), and the table
 gives medians and ratios, so CPU noise from other work on the machine hits all of them alike.
 Scenarios: cold start of N real servers (first/mean/last ready, then PSS per idle server and the
 time to stop all); `status` latency and idle daemon cost with 100 users (stub servers); capture
-of a large log. Bench users are created (`nbb<3 letters><i>`) and deleted at the end.
+of a large log; on-demand servers (ondemand.py: first request, restarts against supervisord, memory of
+idle users). Bench users are created (`nbb<3 letters><i>`) and deleted at the end.
 """
 
 from __future__ import annotations
@@ -623,7 +624,8 @@ def main() -> int:
     ap.add_argument("--status-calls", type=int, default=None)
     ap.add_argument("--log-mb", type=int, default=None)
     ap.add_argument("--idle-seconds", type=float, default=None)
-    ap.add_argument("--only", default="cold,status,logs,scrape", help="scenarios to run (cold,status,logs,scrape)")
+    ap.add_argument("--only", default="cold,status,logs,scrape,ondemand",
+                    help="scenarios to run (cold,status,logs,scrape,ondemand)")
     ap.add_argument("--scrape-window", type=float, default=None, help="seconds per scrape/idle window")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
@@ -644,6 +646,7 @@ def main() -> int:
         log("no supervisord: a smoke run of notebookd alone (cold start only)")
         systems = [s for s in systems if s != "supervisord"]
         only &= {"cold"}
+    from bench import ondemand
     if os.geteuid() != 0:
         print("bench/run: run as root (it creates users and runs servers as them)", file=sys.stderr)
         return 2
@@ -651,7 +654,8 @@ def main() -> int:
     log(header)
     work = tempfile.mkdtemp(prefix="nbb-")
     os.chmod(work, 0o755)
-    users = make_users(max(args.n + [args.status_users if only & {"status", "scrape"} else 1]))
+    users = make_users(max(args.n + [args.status_users if only & {"status", "scrape"} else 1]
+                           + [ondemand.users_needed(smoke, q) if "ondemand" in only else 1]))
     log(f"{len(users)} users {users[0]}…, work dir {work}")
     res: dict = {}
     try:
@@ -674,6 +678,8 @@ def main() -> int:
 
             res["scrape"] = scrape.run(work, users[:args.status_users], args.scrape_window or (30 if q else 60),
                                        2 if q else 4, 15.0, sys.modules[__name__])
+        if "ondemand" in only:
+            res["ondemand"] = ondemand.run(sys.modules[__name__], work, users, smoke, q, args.idle_seconds)
     finally:
         delete_users(users)
         if not os.environ.get("BENCH_KEEP"):
@@ -683,6 +689,8 @@ def main() -> int:
         from bench import scrape
 
         text += "\n" + scrape.table(res["scrape"])
+    if "ondemand" in res:
+        text += "\n" + ondemand.table(res["ondemand"])
     print(text)
     if args.json:
         with open(args.json, "w") as fh:
