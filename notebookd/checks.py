@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from notebookd import desired as desiredmod, launch
+from notebookd import desired as desiredmod, launch, proxyfile
 from notebookd.config import Config
 from notebookd.preflight import PreflightError
 
@@ -53,6 +53,11 @@ def check(config: Config, system: bool, run_dir: str = "/run/notebookd") -> tupl
         specs.append((where(entry), desiredmod.spec_for(config, entry, acc, entry.port or 0)))
     errors += asyncio.run(_user_side(specs, run_dir, system))
     errors += _backend_problems(config) + _metrics_problems(config)
+    if config.backend == "slurm":
+        from notebookd.backends import slurm
+
+        errors += slurm.check(config, specs)
+    errors += proxyfile.problems(config)
     low, high = config.listen.ports
     free = sum(1 for p in range(low, high + 1) if p not in explicit)
     if auto > free:

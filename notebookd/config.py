@@ -633,6 +633,10 @@ def _check_on_demand(backend: str, given: dict[str, Located]) -> None:
             if key == "idle" and not (isinstance(item.value, dict) and item.value.get("stop_after") is not None
                                       and item.value["stop_after"].value not in (None, "")):
                 continue
+            if backend == "slurm":  # README, backend slurm: what on-demand would need there
+                raise item.error("needs backend: native (with backend: slurm the server's port is on a compute "
+                                 "node, not known before the job runs: nothing on this machine can hold it; "
+                                 "idle stop of jobs is not done yet)")
             raise item.error(f"needs backend: native (backend: {backend} binds its servers' ports itself, "
                              "so nothing holds a port while its server is down)")
 

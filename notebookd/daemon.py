@@ -15,6 +15,7 @@ import pwd
 import signal
 import time
 from collections import Counter
+from dataclasses import replace
 
 from notebookd import (__version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, metrics,
                        nginx, publicurl, reconcile)
@@ -271,7 +272,9 @@ class Daemon:
     def _activity_targets(self) -> tuple[dict, set[str]]:
         """Who the activity probe asks: the running servers; and who is still configured."""
         specs = self.backend.specs()
-        running = {n: specs[n] for n, r in self.backend.status().items() if r.state == "running" and n in specs}
+        # asked where each answers: a Slurm job's node, not the spec's listen.ip
+        running = {n: replace(specs[n], ip=self._address(n) or specs[n].ip)
+                   for n, r in self.backend.status().items() if r.state == "running" and n in specs}
         return running, set(self.desired.specs) | set(self.desired.problems)
 
     async def _snapshot(self) -> metrics.Snapshot:

@@ -97,7 +97,11 @@ async def _run(argv: tuple[str, ...]) -> str | None:
     return None
 
 
-def directory_problem(path: str) -> str | None:
-    """check-config: the file's directory must exist (the daemon makes no directory for nginx)."""
-    parent = os.path.dirname(path)
-    return None if os.path.isdir(parent) else f"proxy.file: {parent} is not a directory"
+def problems(config) -> list[str]:
+    """check-config: the file's directory exists (the daemon makes none for nginx), the reload program runs."""
+    proxy, out = config.proxy, []
+    if proxy.file and not os.path.isdir(os.path.dirname(proxy.file)):
+        out.append(f"{config.file}: proxy.file: {os.path.dirname(proxy.file)} is not a directory")
+    if proxy.reload and not (os.path.isfile(proxy.reload[0]) and os.access(proxy.reload[0], os.X_OK)):
+        out.append(f"{config.file}: proxy.reload: {proxy.reload[0]} is not an executable file")
+    return out

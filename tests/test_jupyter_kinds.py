@@ -179,6 +179,8 @@ tls: {{mode: self-signed}}
 state_dir: {{base}}/state
 logs: {{dir: {{base}}/logs}}
 restart: {{backoff_min: 1s, backoff_max: 5s}}
+kernels:
+  debian-py: {{display_name: Debian Python, python: {python}}}
 server: {{frame_ancestors: ["'self'", "https://lms.example.org"]}}
 users:
   {tok}: {{command: [{python}, -m, notebook]}}
@@ -186,7 +188,12 @@ users:
   {taken}: {{port: {taken_port}, command: [jupyter-notebook]}}
   {http}: {{command: [{python}, -m, http.server]}}
   {fake}: {{command: [{{base}}/jupyter-fake]}}
-"""
+  {nbc}: {{command: [jupyter, nbclassic]}}
+{nb7_entry}"""
+
+# tests/run makes a venv with PyPI's notebook 7 (on the test venv's jupyter_server 2.x)
+NOTEBOOK7 = os.environ.get("NOTEBOOKD_TEST_NOTEBOOK7", "")
+NOTEBOOK7_SCRIPT = os.path.join(NOTEBOOK7, "bin", "jupyter-notebook")
 
 PASSWORD = "classic notebook, new rules"
 
@@ -205,7 +212,8 @@ FAKE_APP = ("#!/usr/bin/python3\nimport http.server\n"
 def nb6(users, workdir):
     from conftest import Daemon, as_user, free_ports
 
-    names = {k: users(k).pw_name for k in ("k6tok", "k6pw", "k6taken", "k6http", "k6fake")}
+    names = {k: users(k).pw_name for k in ("k6tok", "k6pw", "k6taken", "k6http", "k6fake", "k6nbc", "k6nb7")}
+    nb7_entry = f"  {names['k6nb7']}: {{command: [{NOTEBOOK7_SCRIPT}]}}\n" if os.path.exists(NOTEBOOK7_SCRIPT) else ""
     tok = users("k6tok")
     jdir = os.path.join(tok.pw_dir, ".jupyter")
     subprocess.run(["mkdir", "-p", jdir], check=True, **as_user(tok.pw_name))
@@ -216,13 +224,14 @@ def nb6(users, workdir):
     with open(os.path.join(workdir, "jupyter-fake"), "w") as fh:
         fh.write(FAKE_APP)
     os.chmod(os.path.join(workdir, "jupyter-fake"), 0o755)
-    *auto, taken_port = free_ports(7, 27000)
+    *auto, taken_port = free_ports(9, 27000)
     blocker = socket.socket()  # someone else's process on the port eve was given
     blocker.bind(("127.0.0.1", taken_port))
     blocker.listen(1)
     daemon = Daemon(workdir, CONFIG.format(low=auto[0], high=auto[-1], python=DEBIAN_PYTHON, taken_port=taken_port,
                                            tok=names["k6tok"], pw=names["k6pw"], taken=names["k6taken"],
-                                           http=names["k6http"], fake=names["k6fake"]))
+                                           http=names["k6http"], fake=names["k6fake"], nbc=names["k6nbc"],
+                                           nb7_entry=nb7_entry))
     daemon.names, daemon.taken_port, daemon.blocker, daemon.ports = names, taken_port, blocker, set(auto)
     daemon.start(wait_ready=False)
     try:
@@ -230,8 +239,8 @@ def nb6(users, workdir):
         out = subprocess.run([sys.executable, "-m", "notebookd", "passwd", names["k6pw"]], env=daemon.env,
                              input=f"{PASSWORD}\n", capture_output=True, text=True, timeout=120, cwd="/")
         assert out.returncode == 0, out.stderr
-        for key in ("k6tok", "k6pw"):
-            daemon.wait_state(names[key], "running", timeout=120)
+        for key in ("k6tok", "k6pw", "k6nbc") + (("k6nb7",) if nb7_entry else ()):
+            daemon.wait_state(names[key], "running", timeout=180)
         yield daemon
     finally:
         blocker.close()
@@ -291,6 +300,28 @@ def test_notebook6_runs_on_its_assigned_port_and_nowhere_else(nb6):
         listening = _listening(pwd.getpwnam(name).pw_uid)
         assert listening[row["pid"]] == {row["port"]}, listening  # the socket it was handed, nothing else
         assert all(8888 not in ports for ports in listening.values()), listening
+
+
+@needs_notebook6
+@pytest.mark.root
+@pytest.mark.parametrize("key, version", [("k6nbc", "1."), ("k6nb7", "2.")])
+def test_nbclassic_and_notebook7_keep_running_on_jupyter_server(nb6, key, version):
+    """`jupyter nbclassic` (Debian's, on 1.23) and PyPI's notebook 7 `jupyter-notebook` (on 2.x) are
+    ServerApp: driven as jupyter_server, on the held socket, landing on /tree."""
+    import pwd
+
+    if key == "k6nb7" and not os.path.exists(NOTEBOOK7_SCRIPT):
+        pytest.skip("needs tests/run's notebook 7 venv (NOTEBOOKD_TEST_NOTEBOOK7)")
+    name = nb6.names[key]
+    row = nb6.rows()[name]
+    token = nb6.token(name)
+    status, body, _ = _https(nb6, name, "api", token)
+    assert status == 200 and json.loads(body)["version"].startswith(version), body
+    assert _https(nb6, name, "api/kernels", token)[0] == 200 and _https(nb6, name, "api/kernels")[0] == 403
+    assert nb6.url(name).startswith(row["url"] + "tree?token=")
+    status, body, _ = _https(nb6, name, "tree", token)
+    assert status == 200 and b"<html" in body.lower()
+    assert _listening(pwd.getpwnam(name).pw_uid)[row["pid"]] == {row["port"]}
 
 
 @needs_notebook6
@@ -377,11 +408,15 @@ def test_notebook6_takes_the_argon2_password_and_not_the_token(nb6):
 
 @needs_notebook6
 @pytest.mark.root
-def test_a_kernel_of_notebook6_computes_over_its_websocket(nb6):
+def test_kernels_of_notebook6_compute_over_their_websocket(nb6):
     from webclient import run_code
 
     name = nb6.names["k6tok"]
-    assert run_code(nb6.rows()[name]["url"], nb6.token(name), "6*7", cafile=_cafile(nb6, name)) == "42"
+    base, token, cafile = nb6.rows()[name]["url"], nb6.token(name), _cafile(nb6, name)
+    assert run_code(base, token, "6*7", cafile=cafile) == "42"
+    # notebookd's shared kernels reach notebook 6 too (JUPYTER_PATH), and run
+    assert run_code(base, token, "import sys; sys.executable", kernel_name="debian-py", cafile=cafile) == \
+        repr(DEBIAN_PYTHON)
 
 
 @needs_notebook6

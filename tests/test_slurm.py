@@ -188,7 +188,10 @@ def test_slurm_config_keys(tmp_path):
                          ("slurm: {time: soon}", "time limit"),
                          ("slurm: {partition: 'a b'}", "Slurm value"),
                          ("slurm: {cpu: 2}", "did you mean 'cpus'"),
-                         ("users:\n  alice: {slurm: {shared_dir: /x}}", "unknown key")):
+                         ("users:\n  alice: {slurm: {shared_dir: /x}}", "unknown key"),
+                         ("backend: slurm\nserver: {start: on-demand}", "port is on a compute node"),
+                         ("backend: slurm\nusers:\n  alice: {idle: {stop_after: 1h}}",
+                          "idle stop of jobs is not done yet")):
         with pytest.raises(ConfigError, match=message):
             load(bad + "\n")
 
@@ -244,6 +247,25 @@ def test_the_proxy_file_is_rewritten_only_when_the_text_changes_and_a_failed_rel
         state["reload"] = ("/bin/true",)
         assert await pf.update() and pf.error is None  # the same text, tried again since its reload failed
     asyncio.run(rounds())
+
+
+# `sinfo -h -N -o '%P|%c|%m'` of tests/slurmcluster.py's two nodes (22.05.8), and of a second partition
+RECORDED_PARTITIONS = "lab*|1|1506\nlab*|1|1506\ngpu|32|257000\n"
+
+
+def test_check_config_resources_against_the_partitions():
+    parts = slurm.parse_partitions(RECORDED_PARTITIONS)
+    assert parts == {"lab": (True, 1, 1506), "gpu": (False, 32, 257000)}
+    ok = _spec("a", cpus=1, mem="1G").settings.slurm
+    assert slurm.resource_problems("f:3: users.a", ok, parts) == []
+    assert slurm.resource_problems("w", _spec("a", partition="gpu", cpus=32, mem="250G").settings.slurm, parts) == []
+    assert slurm.resource_problems("f:3: users.a", _spec("a", cpus=4).settings.slurm, parts) == [
+        "f:3: users.a: slurm.cpus: 4, but no node of partition lab has more than 1"]
+    assert slurm.resource_problems("w", _spec("a", mem="2G").settings.slurm, parts) == [
+        "w: slurm.mem: 2G, but no node of partition lab has more than 1506M"]
+    assert "no partition 'nosuch' (sinfo knows: gpu, lab)" in \
+        slurm.resource_problems("w", _spec("a", partition="nosuch").settings.slurm, parts)[0]
+    assert "no default partition" in slurm.resource_problems("w", ok, {"gpu": (False, 2, 2)})[0]
 
 
 def _layout(path: str):
@@ -349,6 +371,9 @@ def test_servers_are_jobs_of_their_users_on_two_nodes_and_answer_with_their_toke
         # the daemon wrote nginx's include itself, and nginx routes each user to their node
         wait_for(lambda: lab.via_nginx(name) == 200, 60, what=f"{name} through nginx")
     assert open(lab.proxy_file).read() == nginx
+    # status asks each server's activity at its node (kernels, last activity: None when not known)
+    wait_for(lambda: all(lab.rows()[n]["kernels"] is not None and lab.rows()[n]["last_activity"]
+                         for n in lab.names.values()), 60, what="activity of both servers")
 
 
 @needs_root
@@ -538,3 +563,27 @@ def test_a_job_near_its_time_limit_hands_over_to_a_new_job_and_the_url_keeps_wor
         assert lab.reload().returncode == 0
         assert lab.cli("start", bob).returncode == 0
     lab.wait_all_running()
+
+
+@needs_root
+def test_check_config_finds_the_cluster_and_names_what_it_cannot_give(lab):
+    alice, bob = lab.names["alice"], lab.names["bob"]
+    out = lab.cli("check-config")
+    assert out.returncode == 0, out.stdout + out.stderr
+    path = os.path.join(lab.base, "check.yaml")
+    with open(path, "w") as fh:
+        fh.write(f"backend: slurm\nlisten: {{ports: {lab.low}-{lab.low + 20}}}\nslurm: {{mem: 400M}}\nusers:\n"
+                 f"  {alice}: {{slurm: {{cpus: 64, mem: 100G}}}}\n  {bob}: {{slurm: {{partition: nosuch}}}}\n")
+    out = subprocess.run([sys.executable, "-m", "notebookd", "--config", path, "check-config"], env=lab.daemon.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    lines = [x.removeprefix("notebookd: ") for x in (out.stdout + out.stderr).splitlines()]
+    assert f"{path}:5: users.{alice}: slurm.cpus: 64, but no node of partition lab has more than 1" in lines, lines
+    assert any(f"{path}:5: users.{alice}: slurm.mem: 100G, but no node of partition lab has more than" in x
+               for x in lines), lines
+    assert f"{path}:6: users.{bob}: slurm.partition: no partition 'nosuch' (sinfo knows: lab)" in lines, lines
+    env = {**lab.daemon.env, "SLURM_CONF": "/nonexistent/slurm.conf"}
+    out = subprocess.run([sys.executable, "-m", "notebookd", "--config", path, "check-config"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert any(x.startswith(f"notebookd: {path}: backend slurm: sinfo: ") for x in out.stderr.splitlines()), out.stderr

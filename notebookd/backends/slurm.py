@@ -570,3 +570,82 @@ def spec_of(manager: SlurmManager, name: str) -> ServerSpec | None:
 def backend(config, run_dir: str, tokens: TokenStore, on_change) -> ManagedBackend:
     manager = SlurmManager(run_dir, config.state_dir, config.server.slurm.shared_dir)
     return ManagedBackend(manager, run_dir, config.state_dir, tokens, on_change)
+
+
+# ---- notebookd check-config ----
+
+_SIZE = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 ** 2}
+
+
+def _megabytes(text: str) -> float | None:
+    """Slurm's --mem: a number of megabytes, or with a K/M/G/T suffix; None if it is not one."""
+    text = text.strip().upper()
+    unit = text[-1] if text and text[-1] in _SIZE else "M"
+    number = text[:-1] if text and text[-1] in _SIZE else text
+    try:
+        return float(number) * _SIZE[unit]
+    except ValueError:
+        return None
+
+
+def parse_partitions(text: str) -> dict[str, tuple[bool, int, int]]:
+    """`sinfo -h -N -o '%P|%c|%m'` (partition, its default marked `*`; CPUs; memory in MB per node) →
+    {partition: (is the default, most CPUs of a node, most memory of a node)}."""
+    out: dict[str, tuple[bool, int, int]] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or not parts[1].strip().isdigit():
+            continue
+        name, default = parts[0].strip().rstrip("*"), parts[0].strip().endswith("*")
+        memory = int(parts[2].strip().rstrip("+")) if parts[2].strip().rstrip("+").isdigit() else 0
+        was = out.get(name, (False, 0, 0))
+        out[name] = (default or was[0], max(was[1], int(parts[1])), max(was[2], memory))
+    return out
+
+
+def resource_problems(where: str, s, partitions: dict[str, tuple[bool, int, int]]) -> list[str]:
+    """One user's `slurm:` against the cluster's partitions (sinfo): one line per problem."""
+    name = s.partition or next((p for p, (default, _, _) in partitions.items() if default), "")
+    if not name:
+        return [f"{where}: slurm.partition: none given and the cluster has no default partition"]
+    if name not in partitions:
+        return [f"{where}: slurm.partition: no partition {name!r} (sinfo knows: {', '.join(sorted(partitions))})"]
+    _, cpus, memory = partitions[name]
+    problems = []
+    if s.cpus is not None and s.cpus > cpus:
+        problems.append(f"{where}: slurm.cpus: {s.cpus}, but no node of partition {name} has more than {cpus}")
+    if s.mem:
+        mb = _megabytes(s.mem)
+        if mb is None:
+            problems.append(f"{where}: slurm.mem: {s.mem!r} is not a Slurm size (4G, 500M)")
+        elif memory and mb > memory:
+            problems.append(f"{where}: slurm.mem: {s.mem}, but no node of partition {name} has more than "
+                            f"{memory}M")
+    return problems
+
+
+def check(config, users: list) -> list[str]:
+    """check-config for backend: slurm: the client commands, then each user's resources (`users`: (where,
+    ServerSpec) pairs). Runs sinfo once, as root, with the daemon's PATH and SLURM_CONF."""
+    import subprocess
+
+    manager = SlurmManager("/", config.state_dir or "/", config.server.slurm.shared_dir)
+    where = f"{config.file}: backend slurm"
+    missing = [c for c in ("sbatch", "squeue", "scancel", "sinfo")
+               if not shutil.which(c, path=manager.env["PATH"])]
+    if missing:
+        return [f"{where}: {', '.join(missing)} not found in {manager.env['PATH']} (install slurm-client)"]
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%m"], capture_output=True, text=True,
+                              env=manager.env, timeout=COMMAND_TIMEOUT, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"{where}: sinfo: {exc}"]
+    if proc.returncode != 0:
+        return [f"{where}: sinfo: {' '.join(proc.stderr.split()) or f'exit status {proc.returncode}'}"]
+    partitions = parse_partitions(proc.stdout)
+    problems = []
+    if config.server.slurm.shared_dir and not os.path.isdir(config.server.slurm.shared_dir):
+        problems.append(f"{config.file}: slurm.shared_dir: {config.server.slurm.shared_dir} is not a directory")
+    for place, spec in users:
+        problems += resource_problems(place, spec.settings.slurm, partitions)
+    return problems
