@@ -627,6 +627,9 @@ def main() -> int:
     ap.add_argument("--only", default="cold,status,logs,scrape,ondemand",
                     help="scenarios to run (cold,status,logs,scrape,ondemand)")
     ap.add_argument("--scrape-window", type=float, default=None, help="seconds per scrape/idle window")
+    ap.add_argument("--scrape-rounds", type=int, default=None, help="pairs of scrape/idle windows (default 4)")
+    ap.add_argument("--scrape-baseline", default=None,
+                    help="a dir with another notebookd package: its daemon is scraped beside this one")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     q, smoke = args.quick, args.smoke
@@ -654,7 +657,8 @@ def main() -> int:
     log(header)
     work = tempfile.mkdtemp(prefix="nbb-")
     os.chmod(work, 0o755)
-    users = make_users(max(args.n + [args.status_users if only & {"status", "scrape"} else 1]
+    scrape_users = args.status_users * (2 if args.scrape_baseline else 1) if "scrape" in only else 1
+    users = make_users(max(args.n + [args.status_users if "status" in only else 1, scrape_users]
                            + [ondemand.users_needed(smoke, q) if "ondemand" in only else 1]))
     log(f"{len(users)} users {users[0]}…, work dir {work}")
     res: dict = {}
@@ -676,8 +680,9 @@ def main() -> int:
         if "scrape" in only:
             from bench import scrape
 
-            res["scrape"] = scrape.run(work, users[:args.status_users], args.scrape_window or (30 if q else 60),
-                                       2 if q else 4, 15.0, sys.modules[__name__])
+            res["scrape"] = scrape.run(work, users[:scrape_users], args.scrape_window or (1 if smoke else 30 if q else 60),
+                                       args.scrape_rounds or (1 if smoke else 2 if q else 4), 15.0, sys.modules[__name__],
+                                       args.scrape_baseline)
         if "ondemand" in only:
             res["ondemand"] = ondemand.run(sys.modules[__name__], work, users, smoke, q, args.idle_seconds)
     finally:

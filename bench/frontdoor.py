@@ -1,13 +1,19 @@
 """The front door's cost, as root: a login to the first byte of JupyterLab, and what auth_request adds
 to every proxied request.
 
-    BENCH_PYTHON=/opt/venv/bin/python bench/run-frontdoor [--n 1000] [--logins 20]
+    BENCH_PYTHON=/opt/venv/bin/python bench/run-frontdoor [--n 1000] [--logins 20] [--idle-logins 5]
 
-One bench user (`nbf<3 letters>`, a real password set by chpasswd, deleted at the end), one daemon
-with `front_door.enabled`, and two nginx on loopback with the configs `notebookd render nginx` makes:
+One bench user (`nbf<3 letters>`) with a running server, and `--idle-logins` more with
+`start: on-demand` (idle: no process until their first request), all with a real password set by
+chpasswd and deleted at the end; one daemon with `front_door.enabled`, and two nginx on loopback
+with the configs `notebookd render nginx` makes:
 with the front door, and without it (the same server, reached with the token header). Per-request
 latencies are taken on one keep-alive connection each, alternating blocks of 50, so noise from other
 work on the machine hits both alike. The unix socket is also timed directly (no nginx).
+
+Login → first byte: the login POST (PAM), its redirect to the user's URL, the server's redirect to
+JupyterLab, the first byte of that page. For an idle user the first request to their URL starts the
+server (each idle user logs in once: their server then runs).
 """
 
 from __future__ import annotations
@@ -125,9 +131,16 @@ def socket_direct(path: str, user: str, cookie: str, n: int) -> list[float]:
     return out
 
 
+def endpoint_connections(path: str) -> set[int]:
+    """Inodes of the connected sockets at `path` (/proc/net/unix: the daemon's accepted ends)."""
+    with open("/proc/net/unix") as fh:
+        return {int(f[6]) for f in (line.split() for line in fh) if len(f) == 8 and f[7] == path
+                and f[5] == "03"}  # 03: connected (a listening socket is 01)
+
+
 def login_to_first_byte(port: int, user: str) -> tuple[float, float]:
     """POST the login form (with its CSRF field) → 303 → the server → JupyterLab's first byte."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
     origin = f"http://127.0.0.1:{port}"
     conn.request("GET", "/_notebookd/login")
     resp = conn.getresponse()
@@ -169,6 +182,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1000, help="proxied requests per variant")
     parser.add_argument("--logins", type=int, default=20)
+    parser.add_argument("--idle-logins", type=int, default=5, help="on-demand users, one login each")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (creates a user, runs a daemon)")
@@ -177,28 +191,34 @@ def main() -> int:
     os.chmod(work, 0o755)
     service = f"notebookd-bench-{user}"
     procs: list[subprocess.Popen] = []
-    subprocess.run(["useradd", "--create-home", user], check=True)
+    idle = [f"{user}{i}" for i in range(args.idle_logins)]
+    made = []
     try:
-        subprocess.run(["chpasswd"], input=f"{user}:{PASSWORD}\n", text=True, check=True)
+        for name in [user] + idle:
+            subprocess.run(["useradd", "--create-home", name], check=True)
+            made.append(name)
+        subprocess.run(["chpasswd"], input="".join(f"{n}:{PASSWORD}\n" for n in made), text=True, check=True)
         shutil.copy(PAM_FILE, f"/etc/pam.d/{service}")
         door_port, plain_port, server_port = free_port(31000), free_port(31600), free_port(32200)
         with open(f"{work}/notebookd.yaml", "w") as fh:
-            fh.write(f"listen: {{ip: 127.0.0.1, ports: {server_port}-{server_port}}}\nstate_dir: {work}/state\n"
-                     f"logs: {{dir: {work}/logs}}\nproxy: {{listen: '127.0.0.1:{door_port}'}}\n"
-                     f"front_door: {{enabled: true, pam_service: {service}}}\nusers:\n  {user}: {{}}\n")
+            fh.write(f"listen: {{ip: 127.0.0.1, ports: {server_port}-{server_port + len(idle)}}}\n"
+                     f"state_dir: {work}/state\nlogs: {{dir: {work}/logs}}\n"
+                     f"proxy: {{listen: '127.0.0.1:{door_port}'}}\n"
+                     f"front_door: {{enabled: true, pam_service: {service}}}\nusers:\n  {user}: {{}}\n"
+                     + "".join(f"  {n}: {{start: on-demand}}\n" for n in idle))
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "NOTEBOOKD_RUN_DIR": f"{work}/run",
                "NOTEBOOKD_CONFIG": f"{work}/notebookd.yaml"}
         daemon = subprocess.Popen([PY, "-m", "notebookd", "run"], env=env, cwd="/",
                                   stdout=open(f"{work}/daemon.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(daemon)
 
-        def running():
+        def states() -> dict[str, str]:
             out = subprocess.run([PY, "-m", "notebookd", "status", "--json"], env=env, capture_output=True,
                                  text=True)
-            return out.returncode == 0 and json.loads(out.stdout)["servers"][0]["state"] == "running"
+            return {r["name"]: r["state"] for r in json.loads(out.stdout)["servers"]} if out.returncode == 0 else {}
 
-        log(f"starting {user}'s server")
-        wait(running, 180, "the server")
+        log(f"starting {user}'s server; {len(idle)} on-demand users wait idle")
+        wait(lambda: states() == {user: "running", **{n: "idle" for n in idle}}, 180, "the servers")
         data = control.request(f"{work}/run/control.sock", "proxy")
         plain = json.loads(json.dumps(data))
         plain["front_door"]["enabled"] = False
@@ -213,21 +233,36 @@ def main() -> int:
         log(f"{args.logins} logins")
         timed = [login_to_first_byte(door_port, user) for _ in range(args.logins)]
         posts, logins = [t[0] for t in timed], [t[1] for t in timed]
+        log(f"{len(idle)} logins of idle users")
+        idle_timed = []
+        for name in idle:
+            assert states()[name] == "idle", name
+            idle_timed.append(login_to_first_byte(door_port, name))
+            assert states()[name] == "running", name
+        idle_posts, idle_logins = [t[0] for t in idle_timed], [t[1] for t in idle_timed]
         cookie = "notebookd_session=" + _session(door_port, user)
         path = f"/user/{user}/api/status?no_track_activity=1"
         log(f"{args.n} proxied requests each, with and without the front door")
         door, direct, sock = [], [], []
+        seen: list[set[int]] = []
         for _ in range(max(1, args.n // 50)):
             door += per_request(door_port, path, {"Cookie": cookie}, 50)
+            seen.append(endpoint_connections(f"{work}/run/frontdoor.sock"))
             direct += per_request(plain_port, path, {"Authorization": f"token {token}"}, 50)
             sock += socket_direct(f"{work}/run/frontdoor.sock", user, cookie, 50)
         diffs = statistics.median(door) - statistics.median(direct)
         print(f"login → first byte of JupyterLab (server running): {ms(logins)}  ({len(logins)} logins)")
         print(f"  of which the login POST (PAM check in its helper process): {ms(posts)}")
+        if idle:
+            print(f"login → first byte of JupyterLab (server idle, started by that request): {ms(idle_logins)}"
+                  f"  ({len(idle_logins)} logins)")
+            print(f"  of which the login POST: {ms(idle_posts)}")
         print(f"GET api/status through nginx, front door (session cookie): {ms(door)}")
         print(f"GET api/status through nginx, no front door (token header): {ms(direct)}")
         print(f"auth_request cost per proxied request (difference of medians): {diffs * 1000:.3f} ms")
         print(f"auth endpoint alone, unix socket, keep-alive: {ms(sock)}")
+        print(f"nginx's connections to the auth endpoint: {len(set().union(*seen))} distinct over "
+              f"{len(door)} requests (sampled after each block of 50; keepalive reuses them)")
         return 0
     finally:
         for proc in reversed(procs):
@@ -241,7 +276,8 @@ def main() -> int:
             os.unlink(f"/etc/pam.d/{service}")
         except FileNotFoundError:
             pass
-        subprocess.run(["userdel", "--remove", "--force", user], capture_output=True)
+        for name in made:
+            subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
 

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import replace
 
 from notebookd import (__version__, config as configmod, desired as desiredmod, fds, kernelspecs, launch, metrics,
-                       nginx, publicurl, reconcile)
+                       nginx, publicurl, reconcile, usage)
 from notebookd.access import uses_password, uses_token
 from notebookd.activity import ActivityBook
 from notebookd.backends import factory
@@ -279,7 +279,12 @@ class Daemon:
 
     async def _snapshot(self) -> metrics.Snapshot:
         await self.activity.refresh(*self._activity_targets())
-        return metrics.snapshot_of(metrics.snapshot_rows(self._rows(), self.activity), self.stats,
+        rows = self._rows()
+        if hasattr(self.backend, "usage"):  # the read its status rows' memory came from: not twice
+            used = self.backend.usage()
+        else:
+            used = usage.trees({r.name: r.pid for r in rows if r.pid and r.state in metrics.LIVE})
+        return metrics.snapshot_of(metrics.snapshot_rows(rows, self.activity, used), self.stats,
                                    self.config.backend, self.last_reload, self.started)
 
     def _caller(self, peer: Peer) -> str | None:

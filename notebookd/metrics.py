@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from notebookd import __version__, usage
+from notebookd import __version__
 from notebookd.config import Metrics as MetricsConfig
 from notebookd.fsutil import write_atomic
 from notebookd.model import ServerState
@@ -39,7 +39,7 @@ MIN_BUILD = 1.0
 
 @dataclass(frozen=True)
 class Row:
-    """What the metrics need of one server (from its status row and the activity cache)."""
+    """What the metrics need of one server (its status row, the activity cache, the one /proc read)."""
 
     name: str
     state: str
@@ -47,6 +47,8 @@ class Row:
     kernels: int | None
     connections: int | None
     last_activity: float | None
+    memory: int = 0  # bytes, the whole process tree; 0 without a process
+    cpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,52 +61,78 @@ class Snapshot:
     now: float
 
 
-def families(snap: Snapshot) -> list:
-    """The metric families of one snapshot (prometheus_client's core types)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+# Each family's builder, with a key of everything it reads (None: built every time, small or always
+# changing). With 100 users the per-user families are ~2,000 samples and prometheus_client takes
+# ~10 ms to build and print them, the largest part of a scrape; states, counters and the activity
+# figures rarely change between two scrapes 15 s apart, so their text is kept and reused while
+# their key stays the same (exposition(snap, cache)).
 
-    rows, stats = snap.rows, snap.stats
-    names = [r.name for r in rows]
-    out = []
+def _state_key(snap: Snapshot):
+    return tuple((r.name, r.state) for r in snap.rows)
 
+
+def _state(snap: Snapshot) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
+    rows = snap.rows
     servers = GaugeMetricFamily("notebookd_servers", "Servers in each state.", labels=["state"])
     for state in STATES:
         servers.add_metric([state], sum(r.state == state for r in rows))
-    out.append(servers)
-
-    state = GaugeMetricFamily("notebookd_server_state", "1 for the state each user's server is in, else 0.",
-                              labels=["user", "state"])
+    each = GaugeMetricFamily("notebookd_server_state", "1 for the state each user's server is in, else 0.",
+                             labels=["user", "state"])
     for r in rows:
         for s in STATES:
-            state.add_metric([r.name, s], 1 if r.state == s else 0)
-    out.append(state)
+            each.add_metric([r.name, s], 1 if r.state == s else 0)
+    return [servers, each]
+
+
+def _restarts_key(snap: Snapshot):
+    restarts = snap.stats.restarts
+    return tuple((r.name, tuple(restarts[r.name, reason] for reason in RESTART_REASONS)) for r in snap.rows)
+
+
+def _restarts(snap: Snapshot) -> list:
+    from prometheus_client.core import CounterMetricFamily
 
     restarts = CounterMetricFamily("notebookd_server_restarts", "Restarts of each server, by reason.",
                                    labels=["user", "reason"])
-    for name in names:
+    for r in snap.rows:
         for reason in RESTART_REASONS:
-            restarts.add_metric([name, reason], stats.restarts[name, reason])
-    out.append(restarts)
+            restarts.add_metric([r.name, reason], snap.stats.restarts[r.name, reason])
+    return [restarts]
+
+
+def _spawn(snap: Snapshot) -> list:
+    from prometheus_client.core import HistogramMetricFamily
 
     spawn = HistogramMetricFamily("notebookd_server_spawn_duration_seconds",
                                   "Seconds from spawning a server to its first answer (status: success, "
                                   "or failure for starts that never became ready).", labels=["status"])
-    for status, hist in stats.spawns.items():
+    for status, hist in snap.stats.spawns.items():
         buckets = [("+Inf" if b == float("inf") else repr(b), c) for b, c in zip(hist.buckets, hist.counts)]
         spawn.add_metric([status], buckets, hist.sum)
-    out.append(spawn)
+    return [spawn]
 
-    roots = {r.name: r.pid for r in rows if r.pid}
-    used = usage.trees(roots)  # memory and CPU: one pass over /proc per snapshot
+
+def _usage(snap: Snapshot) -> list:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     memory = GaugeMetricFamily("notebookd_server_memory_bytes",
                                "Resident memory of each server's process tree, kernels included.", labels=["user"])
     cpu = CounterMetricFamily("notebookd_server_cpu_seconds", "CPU seconds of each server's process tree, "
                               "kernels included (resets when the server restarts).", labels=["user"])
-    for name in names:
-        u = used.get(name)
-        memory.add_metric([name], u.memory if u else 0)
-        cpu.add_metric([name], u.cpu if u else 0.0)
-    out += [memory, cpu]
+    for r in snap.rows:
+        memory.add_metric([r.name], r.memory)
+        cpu.add_metric([r.name], r.cpu)
+    return [memory, cpu]
+
+
+def _activity_key(snap: Snapshot):
+    return tuple((r.name, r.kernels, r.connections, r.last_activity) for r in snap.rows)
+
+
+def _activity(snap: Snapshot) -> list:
+    from prometheus_client.core import GaugeMetricFamily
 
     kernels = GaugeMetricFamily("notebookd_server_kernels", "Kernels each server runs (jupyter's /api/status).",
                                 labels=["user"])
@@ -112,36 +140,55 @@ def families(snap: Snapshot) -> list:
                                     "Kernel connections (open notebooks) of each server.", labels=["user"])
     last = GaugeMetricFamily("notebookd_server_last_activity_timestamp_seconds",
                              "When each server last saw activity (Unix time; jupyter's own figure).", labels=["user"])
-    for r in rows:
+    for r in snap.rows:
         kernels.add_metric([r.name], r.kernels or 0)
         connections.add_metric([r.name], r.connections or 0)
         if r.last_activity is not None:
             last.add_metric([r.name], r.last_activity)
-    out += [kernels, connections, last]
+    return [kernels, connections, last]
+
+
+def _health_key(snap: Snapshot):
+    return tuple((r.name, snap.stats.health_failures[r.name]) for r in snap.rows)
+
+
+def _health(snap: Snapshot) -> list:
+    from prometheus_client.core import CounterMetricFamily
 
     health = CounterMetricFamily("notebookd_health_check_failures", "Failed health probes of each server.",
                                  labels=["user"])
-    for name in names:
-        health.add_metric([name], stats.health_failures[name])
-    out.append(health)
+    for r in snap.rows:
+        health.add_metric([r.name], snap.stats.health_failures[r.name])
+    return [health]
 
-    out.append(GaugeMetricFamily("notebookd_config_last_reload_success",
-                                 "1 if the last reload of the config worked (or none was asked for), else 0.",
-                                 value=1 if snap.reload_ok else 0))
-    out.append(GaugeMetricFamily("notebookd_config_last_reload_timestamp_seconds",
-                                 "When the config was last (re)loaded or a reload failed (Unix time).",
-                                 value=snap.reload_at))
+
+def _daemon(snap: Snapshot) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
     info = GaugeMetricFamily("notebookd_build_info", "notebookd's version and backend (always 1).",
                              labels=["version", "backend"])
     info.add_metric([__version__, snap.backend], 1)
-    out.append(info)
-
     active = GaugeMetricFamily("notebookd_active_users", "Users whose server saw activity within the period "
                                "(since this daemon started).", labels=["period"])
     for period, seconds in PERIODS:
-        active.add_metric([period], sum(1 for r in rows if r.last_activity and snap.now - r.last_activity <= seconds))
-    out.append(active)
-    return out
+        active.add_metric([period], sum(1 for r in snap.rows
+                                        if r.last_activity and snap.now - r.last_activity <= seconds))
+    return [GaugeMetricFamily("notebookd_config_last_reload_success",
+                              "1 if the last reload of the config worked (or none was asked for), else 0.",
+                              value=1 if snap.reload_ok else 0),
+            GaugeMetricFamily("notebookd_config_last_reload_timestamp_seconds",
+                              "When the config was last (re)loaded or a reload failed (Unix time).",
+                              value=snap.reload_at),
+            info, active]
+
+
+PARTS = ((_state_key, _state), (_restarts_key, _restarts), (None, _spawn), (None, _usage),
+         (_activity_key, _activity), (_health_key, _health), (None, _daemon))
+
+
+def families(snap: Snapshot) -> list:
+    """The metric families of one snapshot (prometheus_client's core types)."""
+    return [family for _, build in PARTS for family in build(snap)]
 
 
 class _Families:
@@ -152,10 +199,23 @@ class _Families:
         return self.items
 
 
-def exposition(snap: Snapshot) -> bytes:
+def exposition(snap: Snapshot, cache: dict | None = None) -> bytes:
+    """The text of `snap`; with a `cache` (kept by the caller between scrapes), a family whose inputs
+    did not change is not built again (the same text, byte for byte, as building it would give)."""
     from prometheus_client import generate_latest
 
-    return generate_latest(_Families(families(snap)))
+    out = []
+    for i, (key_of, build) in enumerate(PARTS):
+        key = key_of(snap) if key_of is not None and cache is not None else None
+        kept = cache.get(i) if key is not None else None
+        if kept is not None and kept[0] == key:
+            out.append(kept[1])
+            continue
+        text = generate_latest(_Families(build(snap)))
+        if key is not None:
+            cache[i] = (key, text)
+        out.append(text)
+    return b"".join(out)
 
 
 def available() -> str | None:
@@ -180,6 +240,7 @@ class Service:
         self._clients = 0
         self._built: tuple[float, bytes] = (float("-inf"), b"")
         self._building: asyncio.Future | None = None
+        self._texts: dict = {}  # exposition's cache: each family's inputs and text at the last build
 
     async def apply(self, config: MetricsConfig) -> None:
         """Start, move or stop the endpoint and the textfile writer to match `config`."""
@@ -239,7 +300,7 @@ class Service:
                 self._building = None
 
     async def _build(self) -> bytes:
-        data = exposition(await self.snapshot())
+        data = exposition(await self.snapshot(), self._texts)
         self._built = (time.monotonic(), data)
         return data
 
@@ -327,9 +388,17 @@ def address(config: MetricsConfig) -> str | None:
     return _address(*config.listen) if config.listen else None
 
 
-def snapshot_rows(status_rows, activity) -> tuple[Row, ...]:
-    return tuple(Row(r.name, r.state, r.pid if r.state in ("starting", "running", "stopping") else None,
-                     (a := activity.get(r.name)).kernels, a.connections, a.last_activity) for r in status_rows)
+LIVE = ("starting", "running", "stopping")  # states whose pid is a process of the server's
+
+
+def snapshot_rows(status_rows, activity, used: dict) -> tuple[Row, ...]:
+    """`used`: usage.Usage of each server with a process (one read of /proc for the whole snapshot)."""
+    rows = []
+    for r in status_rows:
+        a, u = activity.get(r.name), used.get(r.name) if r.state in LIVE else None
+        rows.append(Row(r.name, r.state, r.pid if r.state in LIVE else None, a.kernels, a.connections,
+                        a.last_activity, u.memory if u else 0, u.cpu if u else 0.0))
+    return tuple(rows)
 
 
 def snapshot_of(rows: tuple[Row, ...], stats: Stats, backend: str, last_reload: dict, started: float) -> Snapshot:

@@ -1,4 +1,5 @@
-"""Memory and CPU of every server's process tree (kernels included), read once per scrape.
+"""Memory and CPU of every server's process tree (kernels included), read once per scrape (and
+for `status`' MEMORY: the native backend keeps one read for both, NativeBackend.usage).
 
 From each server's pid down through `/proc/PID/task/*/children`: one `stat` read per process of a
 server gives its RSS and CPU, so the cost grows with the servers' processes, not with everything

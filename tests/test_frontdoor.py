@@ -2,7 +2,8 @@
 PAM (users with passwords set by chpasswd, the PAM file the package ships), and headless Chromium.
 
 One daemon, one nginx (which also serves a page on another loopback port, the "other site"), and
-alice's, bob's and dave's servers serve the whole module. Failed logins are throttled per client
+alice's, bob's, carol's and dave's servers serve the whole module; erin's (`start: on-demand`) waits
+idle until the first request after her login. Failed logins are throttled per client
 address, so tests that fail logins on purpose come from their own loopback source addresses.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import http.client as httpclient
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -22,13 +24,13 @@ import urllib.parse
 
 import pytest
 
-from conftest import USER_PREFIX, Daemon, free_ports, http, needs_root, wait_for
+from conftest import USER_PREFIX, Daemon, free_ports, http, needs_root, uid_processes, wait_for
 from webclient import NGINX, run_code, start_nginx
 
 pytestmark = needs_root
 
 PASSWORDS = {"alice": "alice's lab pass 1", "bob": "bob's lab pass 2", "carol": "carol's lab pass 3",
-             "dave": "dave's lab pass 4"}
+             "dave": "dave's lab pass 4", "erin": "erin's lab pass 5"}
 PAM_FILE = os.path.join(os.path.dirname(__file__), "..", "packaging", "debian", "notebookd.pam")
 MAX_FAILURES = 3
 
@@ -42,6 +44,7 @@ users:
   {alice}: {{}}
   {bob}: {{}}
   {carol}: {{}}
+  {erin}: {{start: on-demand}}
 """
 
 EVIL_PAGE = """<!DOCTYPE html>
@@ -80,10 +83,12 @@ def door(users, workdir):
     *auto, proxy_port, evil_port = free_ports(10, 26000)
     daemon = Daemon(workdir, CONFIG.format(low=auto[0], high=auto[-1], proxy_port=proxy_port, service=service,
                                            failures=MAX_FAILURES, alice=made["alice"], bob=made["bob"],
-                                           carol=made["carol"]) + f"  {made['dave']}: {{}}\n")
+                                           carol=made["carol"], erin=made["erin"]) + f"  {made['dave']}: {{}}\n")
     nginx = None
     try:
-        daemon.start()
+        daemon.start(wait_ready=False)  # erin's server waits idle for its first connection
+        for short, name in made.items():
+            daemon.wait_state(name, "idle" if short == "erin" else "running", 120)
         daemon.names = made
         daemon.proxy = f"http://127.0.0.1:{proxy_port}"
         daemon.evil = f"http://127.0.0.1:{evil_port}"
@@ -484,6 +489,34 @@ def test_a_page_on_another_origin_cannot_use_alices_session(door, browser):
     finally:
         for k in json.loads(http(alice_url + "api/kernels", token(door, "alice"))[1]):
             http(alice_url + f"api/kernels/{k['id']}", token(door, "alice"), method="DELETE")
+
+
+def test_an_idle_users_server_is_started_by_the_first_request_after_login(door, browser):
+    """erin (`start: on-demand`) has no process when she logs in; the login itself starts nothing, and
+    the browser's first request to her URL (the login's redirect) starts her server through the
+    socket the daemon holds, and is answered by it: her own JupyterLab."""
+    from selenium.webdriver.common.by import By
+
+    erin = door.names["erin"]
+    uid = pwd.getpwnam(erin).pw_uid
+    row = door.wait_state(erin, "idle")
+    assert row["pid"] is None and uid_processes(uid) == []
+    client = Client(door, "127.0.0.10")
+    status, _, headers = client.login("erin")  # her real password, through PAM
+    assert status == 303 and headers["Location"] == base(door, "erin")
+    assert door.rows()[erin]["state"] == "idle" and uid_processes(uid) == [], "the login alone starts nothing"
+    assert f"{erin}: idle -> " not in door.daemon_log()
+    # the browser takes that session and follows the redirect: the first request to erin's server
+    browser.delete_all_cookies()
+    browser.get(door.proxy + "/_notebookd/login")  # (a cookie is set for the page's own origin)
+    browser.add_cookie({"name": "notebookd_session", "value": client.cookies["notebookd_session"], "path": "/",
+                        "httpOnly": True, "secure": True, "sameSite": "Lax"})
+    browser.get(door.proxy + headers["Location"])
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel"), 180)
+    assert browser.current_url.startswith(door.proxy + base(door, "erin") + "lab")
+    row = door.rows()[erin]
+    assert row["state"] == "running" and row["pid"] in uid_processes(uid)
+    assert f"{erin}: idle -> starting" in door.daemon_log()
 
 
 def test_no_password_or_token_in_any_log(door):

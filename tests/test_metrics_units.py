@@ -112,6 +112,29 @@ def test_every_label_value_is_there_from_the_start():
     assert list(got["notebookd_build_info"]) == [(("backend", "native"), ("version", metrics.__version__))]
 
 
+def test_a_cached_exposition_is_what_building_it_afresh_gives():
+    """The text of a family whose inputs did not change is reused; any change to them rebuilds it."""
+    cache: dict = {}
+    snap = snapshot()
+    first = metrics.exposition(snap, cache)
+    assert first == metrics.exposition(snap) and cache
+    kept = dict(cache)
+    assert metrics.exposition(snap, cache) == first and cache == kept
+    changes = [dict(rows=(metrics.Row("alice", "stopped", None, 2, 3, 1000.0),) + snap.rows[1:]),
+               dict(rows=(metrics.Row("alice", "running", 42, 5, 1, 1500.0, 7 * 2**20, 1.5),) + snap.rows[1:]),
+               dict(rows=snap.rows[:2]), dict(reload_ok=True, now=snap.now + 86400)]
+    for change in changes:
+        changed = snapshot(**change)
+        assert metrics.exposition(changed, cache) == metrics.exposition(changed), change
+    stats = snapshot().stats
+    stats.restarted("ghost", "requested")
+    stats.health_failed("alice")
+    changed = snapshot(stats=stats)
+    got = samples(metrics.exposition(changed, cache))
+    assert got["notebookd_server_restarts_total"][(("reason", "requested"), ("user", "ghost"))] == 1
+    assert got["notebookd_health_check_failures_total"][(("user", "alice"),)] == 1
+
+
 def test_spawn_histogram_buckets():
     got = samples(metrics.exposition(snapshot()))
     buckets = got["notebookd_server_spawn_duration_seconds_bucket"]

@@ -48,6 +48,8 @@ class Backend(Protocol):
         """The current log file of the user's server, if the backend keeps files."""
 
     # Optional: `journal_unit(name) -> str | None`, the systemd unit whose journal holds the log.
+    # Optional: `usage() -> dict[str, usage.Usage]`, memory and CPU of each server's process tree, the
+    # read its status rows' memory came from (the metrics take it rather than read /proc again).
 
     async def close(self) -> None:
         """Stop every server in parallel and release everything (daemon shutdown)."""

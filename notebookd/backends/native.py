@@ -15,7 +15,7 @@ import pwd
 import subprocess
 import time
 
-from notebookd import activity, launch, launcher, probe, procs
+from notebookd import activity, launch, launcher, probe, procs, usage
 from notebookd.access import Access, NotReady
 from notebookd.fds import Throttle
 from notebookd.forkserver import REPORT_TIMEOUT, ForkError, ForkServer
@@ -468,7 +468,7 @@ class NativeBackend:
         self.changed = on_change
         self.stats = Stats()  # restarts by reason, failed health checks, start durations (for the metrics)
         self.throttle = Throttle()  # messages about the daemon's own shortages, not one server's
-        self._memory: tuple[float, dict[str, int]] = (0.0, {})
+        self._usage: tuple[float, dict[str, usage.Usage]] = (float("-inf"), {})
         self.proc_table = procs.ProcessTable()  # one look at /proc for the stops that start together
 
     async def open(self) -> None:
@@ -607,34 +607,19 @@ class NativeBackend:
 
     def status(self) -> dict[str, ServerStatus]:
         rows = {n: s.status() for n, s in self.servers.items()}
-        for name, mem in self.memory().items():
+        for name, used in self.usage().items():
             if name in rows:
-                rows[name].memory = mem
+                rows[name].memory = used.memory
         return rows
 
-    def memory(self) -> dict[str, int]:
-        """RSS of each server's process tree; one pass over /proc, cached for two seconds."""
-        stamp, cached = self._memory
+    def usage(self) -> dict[str, usage.Usage]:
+        """Memory and CPU of each server's process tree, read from its own processes only (not a walk
+        over all of /proc), cached for two seconds: `status` and a scrape share one read."""
+        stamp, cached = self._usage
         if time.monotonic() - stamp < 2:
             return cached
-        import psutil
-
-        pids = {s.pid: n for n, s in self.servers.items() if s.pid}
-        children: dict[int, list[int]] = {}
-        rss: dict[int, int] = {}
-        for proc in psutil.process_iter(["ppid", "memory_info"]):
-            children.setdefault(proc.info["ppid"], []).append(proc.pid)
-            if proc.info["memory_info"]:
-                rss[proc.pid] = proc.info["memory_info"].rss
-        result = {}
-        for pid, name in pids.items():
-            total, todo = 0, [pid]
-            while todo:
-                p = todo.pop()
-                total += rss.get(p, 0)
-                todo.extend(children.get(p, ()))
-            result[name] = total
-        self._memory = (time.monotonic(), result)
+        result = usage.trees({n: s.pid for n, s in self.servers.items() if s.pid})
+        self._usage = (time.monotonic(), result)
         return result
 
     async def close(self) -> None:
