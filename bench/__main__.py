@@ -485,9 +485,20 @@ def make_users(n: int) -> list[str]:
     prefix = "nbb" + "".join(random.choice(string.ascii_lowercase) for _ in range(3))
     names = [f"{prefix}{i}" for i in range(n)]
     for name in names:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True,
-                       capture_output=True)
+        _user_tool(["useradd", "--create-home", "--shell", "/bin/bash", name])
     return names
+
+
+def _user_tool(argv: list[str], timeout: float = 120) -> None:
+    """useradd/userdel, again while another program (a test run beside the bench) holds /etc/passwd's lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if "lock" not in done.stderr or time.monotonic() > deadline:
+            raise SystemExit(f"bench: {' '.join(argv)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+        time.sleep(0.2)
 
 
 def delete_users(names: list[str]) -> None:
@@ -496,7 +507,10 @@ def delete_users(names: list[str]) -> None:
             kill_users([name])
         except KeyError:
             continue
-        subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+        try:
+            _user_tool(["userdel", "--remove", "--force", name])
+        except SystemExit as exc:
+            log(str(exc))  # the rest are still deleted
 
 
 def machine() -> str:

@@ -1,18 +1,18 @@
 """The `notebookd` command. Thin: it parses arguments, talks to the daemon and formats answers.
 
-Only json and socket are imported up front; `status` must stay fast, so argparse (for help, errors and
-the rarer command lines), YAML, psutil, asyncio and jupyter are imported by the paths that need them.
+Only C modules are imported up front (client.py: _socket, _json); `status` must stay fast, so json,
+socket, argparse (for help, errors and the rarer command lines), YAML, psutil, asyncio and jupyter are
+imported by the paths that need them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 from notebookd import __version__
-from notebookd import commands, control, paths
+from notebookd import client, commands, paths
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"notebookd: {exc}", file=sys.stderr)
         return exc.code
-    except control.Unreachable as exc:
+    except client.Unreachable as exc:
         print(f"notebookd: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except control.Refused as exc:
+    except client.Refused as exc:
         print(f"notebookd: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
@@ -156,7 +156,7 @@ def cmd_check_config(args) -> int:
 
 
 def _ask(args, cmd: str, **kw) -> dict:
-    return control.request(paths.client_socket(args.config), cmd, **kw)
+    return client.request(paths.client_socket(args.config), cmd, **kw)
 
 
 def cmd_status(args) -> int:
@@ -168,6 +168,8 @@ def cmd_status(args) -> int:
             raise CliError(f"no server for {', '.join(sorted(unknown))}", EXIT_NOT_RUNNING)
         rows = [r for r in rows if r["name"] in args.users]
     if args.json:
+        import json
+
         print(json.dumps({"daemon": data["daemon"], "servers": rows}, indent=2))
     else:
         print(format_status(data["daemon"], rows))

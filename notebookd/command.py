@@ -41,23 +41,31 @@ async def run(argv: list[str], *, env: dict[str, str], timeout: float, input: by
     out, err = _Output(proc.stdout, limit), _Output(proc.stderr, limit)
     stop_feeding = _feed(proc.stdin, input) if input is not None else (lambda: None)
     try:
-        await asyncio.wait_for(asyncio.shield(exited), timeout)
-    except asyncio.TimeoutError:
         try:
-            if own_session:
-                os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group: what it started ends too
-            else:
-                proc.kill()  # our own child, by its pid
-        except ProcessLookupError:
-            pass
-        await exited
-        raise TimeoutError(f"no answer within {timeout:g}s") from None
+            await asyncio.wait_for(asyncio.shield(exited), timeout)
+        except asyncio.TimeoutError:
+            _kill(proc, own_session)
+            await exited
+            raise TimeoutError(f"no answer within {timeout:g}s") from None
+        except asyncio.CancelledError:
+            _kill(proc, own_session)  # no one waits for its answer now; the pidfd watcher still reaps it
+            raise
+        await asyncio.wait([out.eof, err.eof], timeout=EOF_WAIT)
     finally:
         stop_feeding()
-        await asyncio.wait([out.eof, err.eof], timeout=EOF_WAIT)
         out.close()
         err.close()
     return Finished(proc.returncode, bytes(out.data), bytes(err.data), out.overflow or err.overflow)
+
+
+def _kill(proc: subprocess.Popen, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)  # it leads its own group: what it started ends too
+        else:
+            proc.kill()  # our own child, by its pid
+    except ProcessLookupError:
+        pass
 
 
 class _Output:

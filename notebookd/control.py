@@ -1,6 +1,5 @@
-"""The control socket: one JSON request per line, one JSON answer; the caller known by SO_PEERCRED.
-
-The client half is imported by every CLI call, so this module stays light (no asyncio at import).
+"""The control socket, the daemon's end: one JSON request per line, one JSON answer; the caller known by
+SO_PEERCRED. The client's end, which every CLI call imports, is client.py.
 """
 
 from __future__ import annotations
@@ -12,13 +11,7 @@ import socket
 import struct
 from collections import namedtuple
 
-
-class Unreachable(Exception):
-    """No daemon answers on the socket."""
-
-
-class Refused(Exception):
-    """The daemon answered with an error."""
+from notebookd.client import Refused, Unreachable, request  # noqa: F401 - the daemon's and tests' names too
 
 
 # the caller of a request (SO_PEERCRED); a named tuple keeps `dataclasses` out of every CLI call
@@ -28,39 +21,6 @@ Peer = namedtuple("Peer", "pid uid gid")
 def peer_of(sock: socket.socket) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return Peer(*struct.unpack("3i", raw))
-
-
-def request(path: str, cmd: str, timeout: float = 60.0, **args) -> dict:
-    """Send one request; return its data or raise Refused/Unreachable."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            try:
-                sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # refused before it read the request: the reason waits to be read
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise Unreachable(f"notebookd is not running (no daemon on {path})") from None
-    except PermissionError:
-        raise Unreachable(f"cannot connect to {path}: permission denied") from None
-    except socket.timeout:
-        raise Unreachable(f"notebookd on {path} did not answer within {timeout:g}s") from None
-    except OSError as exc:
-        raise Unreachable(f"cannot talk to notebookd on {path}: {exc.strerror or exc}") from None
-    try:
-        answer = json.loads(buf)
-    except ValueError:
-        raise Unreachable(f"notebookd on {path} closed the connection without an answer") from None
-    if not answer.get("ok"):
-        raise Refused(answer.get("error", "refused"))
-    return answer.get("data") or {}
 
 
 # A request is one short line that arrives at once; nothing a client does may hold a descriptor long.

@@ -102,3 +102,25 @@ def test_missing_tool():
 
 def test_tool_output():
     assert asyncio.run(run_tool(["sh", "-c", "cat; echo more"], env=ENV, timeout=30, input=b"a\n")) == "a\nmore\n"
+
+
+def test_a_cancelled_run_kills_its_command():
+    async def main():
+        task = asyncio.ensure_future(command.run(["sleep", "303"], env=ENV, timeout=300))
+        while not (procs := [p for p in psutil.Process().children() if _cmdline(p) == ["sleep", "303"]]):
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return procs[0]
+
+    kid = asyncio.run(main())
+    kid.wait(30)  # raises TimeoutExpired while it still runs; the run's own watcher may have reaped it already
+    assert not kid.is_running()
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # an earlier test's child, gone or a zombie
+        return []
