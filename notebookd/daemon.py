@@ -27,7 +27,8 @@ from notebookd.control import Peer, Refused, serve
 from notebookd.frontdoor.door import FrontDoor
 from notebookd.fsutil import ensure_dir, remove
 from notebookd.model import ServerStatus
-from notebookd.notify import Notifier
+from notebookd.listeners import SocketBook
+from notebookd.notify import Notifier, listen_fds
 from notebookd.passwords import PasswordStore, is_hash
 from notebookd.paths import Layout
 from notebookd.stats import Stats
@@ -79,7 +80,10 @@ class Daemon:
         self.passwords = PasswordStore(self.config.state_dir)
         self.activity = ActivityBook(self.tokens, self.config.metrics.activity_interval)
         try:
-            self.backend = factory.make(self.config, self.layout, self.tokens, self._changed)
+            book = self._socket_book()
+            self.backend = factory.make(self.config, self.layout, self.tokens, self._changed, book)
+            if getattr(self.backend, "sockets", None) is not book:
+                book.release_others(set())  # a backend that holds no ports: a port kept for the native one is free
             await self.backend.open()
         except BackendError as exc:
             log.error("backend %s: %s", self.config.backend, exc)
@@ -145,6 +149,14 @@ class Daemon:
         log.info("stopped")
         return 0
 
+    def _socket_book(self) -> SocketBook:
+        """Users' listening sockets, kept in systemd's fd store (when it runs us) so that no restart of
+        the daemon frees a port; what the last daemon stored comes back here (LISTEN_FDS)."""
+        inherited = listen_fds()
+        if inherited:
+            log.info("took %d listening socket(s) back from systemd's fd store", sum(map(len, inherited.values())))
+        return SocketBook(self.notifier if self.notifier.enabled else None, inherited)
+
     async def _reconcile(self) -> None:
         self.desired = desiredmod.build(self.config, self.layout.system)
         for warning in self.desired.warnings:
@@ -171,6 +183,8 @@ class Daemon:
         if hold is not None:
             for name, problem in hold(self.desired.specs).items():
                 log.error("%s: %s", name, problem)
+            for name in self.backend.sockets.release_others(set(self.desired.specs)):
+                log.info("%s: no longer configured; its port, kept while no notebookd ran, is free", name)
 
     async def reload(self) -> None:
         """Re-read the config; a bad file changes nothing (the running config stays)."""

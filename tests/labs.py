@@ -205,8 +205,9 @@ def install_units(container, notebookd_bin: str) -> None:
 class ContainerLab(Lab):
     backend = "systemd"
 
-    def __init__(self, container, names: dict[str, str], extra: str = ""):
+    def __init__(self, container, names: dict[str, str], extra: str = "", backend: str = "systemd"):
         self.c = container
+        self.backend = backend
         self.names = names
         self.extra = extra
         self.bin = os.path.join(VENV, "bin", "notebookd")
@@ -229,7 +230,7 @@ class ContainerLab(Lab):
 
     def set_users(self, entries):
         self.entries = dict(entries)
-        text = render("systemd", self.extra, 8800, "/var/lib/notebookd", "/var/log/notebookd", self.entries)
+        text = render(self.backend, self.extra, 8800, "/var/lib/notebookd", "/var/log/notebookd", self.entries)
         self.c.run("sh", "-c", "cat > /etc/notebookd/notebookd.yaml", input=textwrap.dedent(text))
 
     def cli(self, *args, user=None):

@@ -260,3 +260,159 @@ def test_stopping_notebookd_stops_the_servers_and_a_missing_template_fails_the_s
     assert "is not installed" in box.daemon_log()
     c.run("mv", "/root/notebookd-user@.service", "/etc/systemd/system/")
     c.run("systemctl", "daemon-reload")
+
+
+# ---- backend: native under systemd: users' ports kept in the fd store across daemon restarts ----
+
+# Run inside the container as an ordinary user: one thread binds the idle user's address and port over and
+# over (SO_REUSEADDR, as a squatter would) until STOP exists; once the old daemon (OLD_PID) is gone, new
+# connections are made every 50 ms, each in its own thread that sends `GET PATH` and reads the answer.
+RESTART_PROBE = r"""
+import errno, json, os, socket, sys, threading, time
+ip, port, path, old, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+binds = {"tries": 0, "inuse": 0, "bound": 0, "other": []}
+def squat():
+    while not os.path.exists(stop):
+        s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+            binds["bound"] += 1
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                binds["inuse"] += 1
+            else:
+                binds["other"].append(e.errno)
+        finally:
+            s.close()
+        binds["tries"] += 1
+        time.sleep(0.005)
+conns = []
+def get():
+    item = {"at": time.monotonic()}
+    conns.append(item)
+    try:
+        s = socket.create_connection((ip, port), timeout=240)
+        item["connected"] = time.monotonic()
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        item["status"] = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    except OSError as e:
+        item["error"] = f"{type(e).__name__}: {e}"
+squatter = threading.Thread(target=squat)
+squatter.start()
+while os.path.exists(f"/proc/{old}") and not os.path.exists(stop):
+    time.sleep(0.005)
+threads = []
+while not os.path.exists(stop) and len(threads) < 200:
+    t = threading.Thread(target=get)
+    t.start()
+    threads.append(t)
+    time.sleep(0.05)
+for t in threads:
+    t.join(240)
+squatter.join()
+print(json.dumps({"binds": binds, "conns": conns}))
+"""
+
+
+class TestNativeFdStore:
+    """Issue 12 §5: an on-demand user without a process keeps their port while notebookd.service restarts
+    or crashes, because the daemon keeps the socket in systemd's fd store (FDSTORE=1); a connection made
+    while no daemon runs waits in the backlog and is answered once the new daemon starts the server."""
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def nbox(workdir):
+        import sysroot
+
+        container = sysroot.Container(sysroot.root(), [VENV, REPO], os.path.join(workdir, "container-native.log")).boot()
+        lab = ContainerLab(container, {"alice": "mxodalice"}, backend="native").setup()
+        container.run("useradd", "--create-home", "mxsquat")  # an ordinary user of the container, not configured
+        lab.set_users({"mxodalice": "{start: on-demand}"})
+        started = container.run("systemctl", "start", "notebookd", timeout=180, check=False)
+        assert started.returncode == 0, lab.daemon_log()[-3000:]
+        lab.wait_state("mxodalice", "idle", 120)
+        yield lab
+        container.stop()
+
+    def _across(self, lab, disrupt) -> dict:
+        """Run the probe (squatter + clients) around `disrupt(old_pid)`, until the user's server answered."""
+        c, name = lab.c, "mxodalice"
+        row = lab.wait_state(name, "idle", 120)
+        old = lab.daemon_pid()
+        stop = f"/tmp/probe-stop-{old}"
+        url = row["url"]
+        path = "/" + url.split("/", 3)[3] + "api"
+        probe = subprocess.Popen(
+            ["nsenter", "-t", str(c.leader), "-a", "runuser", "-u", "mxsquat", "--", "/usr/bin/python3", "-c",
+             RESTART_PROBE, "127.0.0.1", str(row["port"]), path, str(old), stop],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        try:
+            disrupt(old)
+            wait_for(lambda: lab.daemon_pid() not in (0, old) and lab.cli("status").returncode in (0, 3), 120,
+                     what="the next notebookd")
+            try:
+                lab.wait_state(name, "running", 180)  # started by the connections that waited
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{lab.daemon_log()[-4000:]}") from None
+            c.run("touch", stop)
+            out, err = probe.communicate(timeout=300)
+        finally:
+            c.run("touch", stop, check=False)
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait()
+        assert probe.returncode == 0, err
+        found = json.loads(out)
+        show = dict(line.split("=", 1) for line in c.run(
+            "systemctl", "show", "notebookd", "-p", "ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic"
+        ).stdout.splitlines() if "=" in line)
+        found["new_start"] = int(show["ExecMainStartTimestampMonotonic"]) / 1e6
+        found["new_ready"] = int(show["ActiveEnterTimestampMonotonic"]) / 1e6
+        print(f"squatter: {found['binds']}; {len(found['conns'])} connections")
+        return found
+
+    def _check(self, found: dict, before: str) -> None:
+        """`before`: the first connection was made before the new daemon started (`new_start`: after a
+        kill, RestartSec= leaves two seconds with no daemon) or before it was ready (`new_ready`)."""
+        binds, conns = found["binds"], found["conns"]
+        assert binds["bound"] == 0 and binds["other"] == [], binds  # EADDRINUSE every time
+        assert binds["inuse"] > 50, binds
+        assert conns, "no connection was made"
+        failed = [c for c in conns if c.get("status", "").split(" ")[1:2] != ["200"]]
+        assert not failed, failed[:5]  # no refusal, every one answered
+        # the first connection was made while the port was held by systemd alone
+        assert conns[0]["connected"] < found[before], (conns[0], found["new_start"], found["new_ready"])
+
+    def test_systemctl_restart_keeps_an_idle_users_port(self, nbox):
+        found = self._across(nbox, lambda old: nbox.c.run("systemctl", "restart", "--no-block", "notebookd"))
+        self._check(found, "new_ready")
+        assert "listening socket(s) back from systemd's fd store" in nbox.daemon_log()
+
+    def test_a_killed_daemon_restarted_by_systemd_keeps_an_idle_users_port(self, nbox):
+        # back to idle: a changed spec restarts the server, which an on-demand user waits for in idle
+        nbox.set_users({"mxodalice": "{start: on-demand, env: {ROUND: '2'}}"})
+        assert nbox.reload().returncode == 0
+        found = self._across(nbox, lambda old: nbox.kill(old))
+        self._check(found, "new_start")
+        result = nbox.c.run("systemctl", "show", "-p", "NRestarts", "--value", "notebookd").stdout.strip()
+        assert int(result) >= 1
+
+    def test_a_removed_user_leaves_the_fd_store_and_the_port_is_free(self, nbox):
+        c = nbox.c
+        port = nbox.rows()["mxodalice"]["port"]
+        nbox.set_users({})
+        assert nbox.reload().returncode == 0
+        wait_for(lambda: "mxodalice" not in nbox.rows(), 60, what="the user gone")
+        c.run("systemctl", "restart", "notebookd", timeout=180)
+        # (SO_REUSEADDR: the connections the last server answered leave TIME_WAIT entries on that port)
+        bind = c.run("runuser", "-u", "mxsquat", "--", "/usr/bin/python3", "-c",
+                     "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                     f"s.bind(('127.0.0.1', {port})); s.listen(); print('bound')", check=False)
+        assert bind.stdout.strip() == "bound", bind.stderr

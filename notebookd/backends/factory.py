@@ -8,7 +8,8 @@ from notebookd.paths import Layout
 from notebookd.tokens import TokenStore
 
 
-def make(config: Config, layout: Layout, tokens: TokenStore, on_change):
+def make(config: Config, layout: Layout, tokens: TokenStore, on_change, sockets=None):
+    """`sockets`: the daemon's socket book (listeners.SocketBook), for the backends that hold users' ports."""
     if config.backend != "native" and not layout.system:
         raise BackendError(f"backend {config.backend} runs servers as other users: only root's notebookd "
                            "can use it (single-user mode: backend: native)")
@@ -26,4 +27,5 @@ def make(config: Config, layout: Layout, tokens: TokenStore, on_change):
         return slurm.backend(config, layout.run_dir, tokens, on_change)
     from notebookd.backends.native import NativeBackend
 
-    return NativeBackend(layout.run_dir, config.state_dir, layout.system, tokens, on_change=on_change)
+    return NativeBackend(layout.run_dir, config.state_dir, layout.system, tokens, on_change=on_change,
+                         sockets=sockets)

@@ -451,7 +451,7 @@ class NativeBackend:
     name = "native"
 
     def __init__(self, run_dir: str, state_dir: str, system: bool, tokens: TokenStore,
-                 max_parallel_starts: int | None = None, on_change=lambda: None):
+                 max_parallel_starts: int | None = None, on_change=lambda: None, sockets: SocketBook | None = None):
         self.run_dir, self.state_dir, self.system = run_dir, state_dir, system
         self.root_uid = 0 if system else -1  # owner of the files a user may read but not change
         self.tokens = tokens
@@ -460,7 +460,9 @@ class NativeBackend:
         self.detaching = False  # the daemon exits for an upgrade and leaves every server running
         self.access = Access(state_dir, tokens)
         self.servers: dict[str, NativeServer] = {}
-        self.sockets = SocketBook()  # every configured user's listening socket, whatever their server does
+        # every configured user's listening socket, whatever their server does (the daemon's: it may come
+        # with what systemd's fd store kept across the daemon's restart)
+        self.sockets = sockets if sockets is not None else SocketBook()
         self.start_slots = PriorityGate(max_parallel_starts or os.cpu_count() or 2)
         self._fork_server: ForkServer | None = None
         self.changed = on_change
