@@ -139,5 +139,7 @@ def configure(config: dict, spec: ServerSpec, base: str) -> None:
     if not elsewhere(spec.settings.frame_ancestors):
         return
     lab = config.setdefault("LabServerApp", {})
-    theirs = [p for p in lab.get("extra_labextensions_path", []) if p != _labextensions(base)]
+    given = lab.get("extra_labextensions_path", [])
+    given = given if isinstance(given, list) else [given]  # one path given bare: still theirs, after ours
+    theirs = [p for p in given if p != _labextensions(base)]
     lab["extra_labextensions_path"] = [_labextensions(base), *theirs]

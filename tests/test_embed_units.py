@@ -54,6 +54,9 @@ def test_the_lab_apps_look_in_the_servers_dir_first_and_keep_the_admins_paths(tm
     embed.configure(config, framed, base)
     embed.configure(config, framed, base)  # a second write does not add it twice
     assert config["LabServerApp"]["extra_labextensions_path"] == [os.path.join(base, "labextensions"), "/opt/lab-ext"]
+    bare = {"LabServerApp": {"extra_labextensions_path": "/opt/lab-ext"}}
+    embed.configure(bare, framed, base)
+    assert bare["LabServerApp"]["extra_labextensions_path"] == [os.path.join(base, "labextensions"), "/opt/lab-ext"]
     plain = jupyter.server_config(_mine(("'self'",)), jupyter.ServerKind())
     embed.configure(plain, _mine(("'self'",)), base)
     assert "LabServerApp" not in plain
