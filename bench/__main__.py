@@ -351,13 +351,32 @@ def cold(work: str, users: list[str], system: str, rep: int, settle: float = 5) 
     return result
 
 
+def wait_for_file(path: str, what: str = "", timeout: float = 600) -> None:
+    """Wait until `path` exists; a run whose server never comes fails with a line, not a hang."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: gave up after {timeout:g} s waiting for {what or path}")
+        time.sleep(0.05)
+
+
+def install_stub(work: str, source: str = "stub.py") -> str:
+    """A stand-in server (bench/stub.py, bench/spew.py) copied where the servers' users can read it,
+    named as jupyter_server's console script, so the daemon's kind probe (jupyter.kind_from_probe)
+    takes it for a jupyter_server and runs it under its launcher, on the socket it holds: the bench
+    measures the daemon, not the server."""
+    bindir = os.path.join(work, os.path.splitext(source)[0] + "-bin")
+    os.makedirs(bindir, mode=0o755, exist_ok=True)
+    stub = os.path.join(bindir, "jupyter-server")
+    shutil.copy(os.path.join(HERE, source), stub)
+    os.chmod(stub, 0o644)
+    return stub
+
+
 def status_and_idle(work: str, users: list[str], calls: int, idle_seconds: float, settle: float = 3) -> dict:
     """100 configured users, stub servers, both daemons up at once: status latency (A B A B) and
     each daemon's idle CPU and RSS over the same window (notebookd's health checks on, every 30 s)."""
-    stub = os.path.join(work, "stub.py")
-    shutil.copy(os.path.join(HERE, "stub.py"), stub)
-    os.chmod(stub, 0o644)
-    server = {"command": [PY, "-I", stub]}
+    server = {"command": [PY, "-I", install_stub(work)]}
     nbd = Notebookd(Setup(work, users, "status-notebookd", server))
     sv = Supervisord(Setup(work, users, "status-supervisord", server))
     nbd.start()
@@ -393,9 +412,7 @@ def status_and_idle(work: str, users: list[str], calls: int, idle_seconds: float
 
 
 def log_capture(work: str, user: str, size: int) -> dict:
-    spew = os.path.join(work, "spew.py")
-    shutil.copy(os.path.join(HERE, "spew.py"), spew)
-    os.chmod(spew, 0o644)
+    spew = install_stub(work, "spew.py")
     home = pwd.getpwnam(user).pw_dir
     results = {}
     for system in ("file", "notebookd", "supervisord"):
@@ -411,12 +428,10 @@ def log_capture(work: str, user: str, size: int) -> dict:
             pw = pwd.getpwnam(user)
             with open(os.path.join(d, "out.log"), "wb") as out:
                 p = subprocess.Popen(argv, stdout=out, user=pw.pw_uid, group=pw.pw_gid, cwd=home)
-                while not os.path.exists(cpu_file + ".ready"):
-                    time.sleep(0.05)
+                wait_for_file(cpu_file + ".ready")
                 t = time.monotonic()
                 open(go_file, "w").close()
-                while not os.path.exists(cpu_file):
-                    time.sleep(0.05)
+                wait_for_file(cpu_file)
                 wall = time.monotonic() - t
                 p.kill()
                 p.wait()
@@ -431,8 +446,7 @@ def log_capture(work: str, user: str, size: int) -> dict:
                 runner = Supervisord(setup, {user: {"stdout_logfile_backups": "30"}})
                 base = os.path.join(setup.dir, "svlogs", f"{user}.log")
             runner.start()
-            while not os.path.exists(cpu_file + ".ready"):
-                time.sleep(0.05)
+            wait_for_file(cpu_file + ".ready", f"{system}'s spew server to start")
             time.sleep(1)  # the daemon has settled; the spew waits for the go file
             c0 = cpu_seconds(runner.proc.pid)
             t = time.monotonic()

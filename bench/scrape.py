@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import time
 import urllib.request
@@ -49,12 +48,7 @@ def run(work: str, users: list[str], window: float, rounds: int, every: float, h
         baseline: str | None = None) -> dict:
     """`h`: the bench's own module (Setup, Notebookd, wait_ready, cpu_seconds, rss_bytes, …); with a
     `baseline`, `users` has twice the users: the second half is the baseline daemon's."""
-    # named as jupyter_server's console script, so the daemon's kind probe (jupyter.kind_from_probe)
-    # takes the stand-in for a jupyter_server: the bench measures the daemon, not the server
-    os.makedirs(os.path.join(work, "stubbin"), mode=0o755, exist_ok=True)
-    stub = os.path.join(work, "stubbin", "jupyter-server")
-    shutil.copy(os.path.join(h.HERE, "stub.py"), stub)
-    os.chmod(stub, 0o644)
+    stub = h.install_stub(work)
     n = len(users) // 2 if baseline else len(users)
     # this checkout's code, not whatever the venv has installed (the baseline is the other directory)
     daemons = {"this": _daemon(work, users[:n], "scrape-this", stub, h, os.path.dirname(h.HERE))}

@@ -63,19 +63,23 @@ def listening_inode(pid: int, port: int) -> str:
     raise AssertionError(f"pid {pid} holds no socket listening on {port}")
 
 
-def holders(inode: str) -> set[int]:
+def fd_targets(pid: int) -> set[str]:
+    """What a process's fds point at now; an fd closed (or a process gone) while we read holds nothing."""
     found = set()
-    for proc in psutil.process_iter():
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
         try:
-            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
-                try:
-                    if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == inode:
-                        found.add(proc.pid)
-                except OSError:
-                    pass
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:
-            continue
+            pass
     return found
+
+
+def holders(inode: str) -> set[int]:
+    return {proc.pid for proc in psutil.process_iter() if inode in fd_targets(proc.pid)}
 
 
 @pytest.mark.parametrize("short", ["sexec", "sfork"])
@@ -90,7 +94,7 @@ def test_only_the_daemon_and_the_server_hold_the_socket_and_nobody_else_can_bind
     inode = listening_inode(row["pid"], port)
     assert holders(inode) == {lab.proc.pid, row["pid"]}, f"kernels {[k.pid for k in kernels]}"
     for kernel in kernels:
-        assert inode not in {os.readlink(f"/proc/{kernel.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{kernel.pid}/fd")}
+        assert inode not in fd_targets(kernel.pid)
 
 
 def urlpath(row: dict) -> str:

@@ -468,7 +468,7 @@ class NativeBackend:
         self.changed = on_change
         self.stats = Stats()  # restarts by reason, failed health checks, start durations (for the metrics)
         self.throttle = Throttle()  # messages about the daemon's own shortages, not one server's
-        self._usage: tuple[float, dict[str, usage.Usage]] = (float("-inf"), {})
+        self._usage: tuple[float, dict[str, int], dict[str, usage.Usage]] = (float("-inf"), {}, {})
         self.proc_table = procs.ProcessTable()  # one look at /proc for the stops that start together
 
     async def open(self) -> None:
@@ -614,12 +614,15 @@ class NativeBackend:
 
     def usage(self) -> dict[str, usage.Usage]:
         """Memory and CPU of each server's process tree, read from its own processes only (not a walk
-        over all of /proc), cached for two seconds: `status` and a scrape share one read."""
-        stamp, cached = self._usage
-        if time.monotonic() - stamp < 2:
+        over all of /proc), cached for two seconds: `status` and a scrape share one read. The cache
+        holds only while the servers' pids are the same, so a server that has just started (or
+        restarted) is never shown with the figures of no process (0 bytes) or of its predecessor."""
+        pids = {n: s.pid for n, s in self.servers.items() if s.pid}
+        stamp, seen, cached = self._usage
+        if time.monotonic() - stamp < 2 and seen == pids:
             return cached
-        result = usage.trees({n: s.pid for n, s in self.servers.items() if s.pid})
-        self._usage = (time.monotonic(), result)
+        result = usage.trees(pids)
+        self._usage = (time.monotonic(), pids, result)
         return result
 
     async def close(self) -> None:
