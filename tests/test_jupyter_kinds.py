@@ -191,9 +191,8 @@ users:
   {nbc}: {{command: [jupyter, nbclassic]}}
 {nb7_entry}"""
 
-# tests/run makes a venv with PyPI's notebook 7 (on the test venv's jupyter_server 2.x)
-NOTEBOOK7 = os.environ.get("NOTEBOOKD_TEST_NOTEBOOK7", "")
-NOTEBOOK7_SCRIPT = os.path.join(NOTEBOOK7, "bin", "jupyter-notebook")
+# PyPI's notebook 7 (on the test venv's jupyter_server 2.x) is in the test extra (pyproject.toml)
+NOTEBOOK7_SCRIPT = os.path.join(os.path.dirname(sys.executable), "jupyter-notebook")
 
 PASSWORD = "classic notebook, new rules"
 
@@ -311,7 +310,7 @@ def test_nbclassic_and_notebook7_keep_running_on_jupyter_server(nb6, key, versio
     import pwd
 
     if key == "k6nb7" and not os.path.exists(NOTEBOOK7_SCRIPT):
-        pytest.skip("needs tests/run's notebook 7 venv (NOTEBOOKD_TEST_NOTEBOOK7)")
+        pytest.skip("needs notebook 7 in the test venv (the test extra has it)")
     name = nb6.names[key]
     row = nb6.rows()[name]
     token = nb6.token(name)
