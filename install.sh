@@ -52,6 +52,7 @@ if [ "$(id -u)" -eq 0 ]; then
         sed "s|/usr/bin/notebookd|$bin/notebookd|" "$here/units/notebookd.service" > /etc/systemd/system/notebookd.service
         # the per-user template of `backend: systemd` (unused, and harmless, with the other backends)
         install -m 0644 "$here/units/notebookd-user@.service" /etc/systemd/system/notebookd-user@.service
+        install -m 0644 "$here/units/notebookd-user@.socket" /etc/systemd/system/notebookd-user@.socket
         systemctl daemon-reload 2>/dev/null || true
     fi
 fi

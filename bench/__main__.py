@@ -640,6 +640,8 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=None)
     ap.add_argument("--only", default="cold,status,logs,scrape,ondemand",
                     help="scenarios to run (cold,status,logs,scrape,ondemand)")
+    ap.add_argument("--ondemand-parts", default="first,restarts,memory",
+                    help="parts of the ondemand scenario (first,restarts,memory)")
     ap.add_argument("--scrape-window", type=float, default=None, help="seconds per scrape/idle window")
     ap.add_argument("--scrape-rounds", type=int, default=None, help="pairs of scrape/idle windows (default 4)")
     ap.add_argument("--scrape-baseline", default=None,
@@ -698,7 +700,8 @@ def main() -> int:
                                        args.scrape_rounds or (1 if smoke else 2 if q else 4), 15.0, sys.modules[__name__],
                                        args.scrape_baseline)
         if "ondemand" in only:
-            res["ondemand"] = ondemand.run(sys.modules[__name__], work, users, smoke, q, args.idle_seconds)
+            res["ondemand"] = ondemand.run(sys.modules[__name__], work, users, smoke, q, args.idle_seconds,
+                                           tuple(args.ondemand_parts.split(",")))
     finally:
         delete_users(users)
         if not os.environ.get("BENCH_KEEP"):

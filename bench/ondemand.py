@@ -400,16 +400,23 @@ def memory(h, work: str, users: list[str], active: int, idle_seconds: float, set
     return out
 
 
-def run(h, work: str, users: list[str], smoke: bool, quick: bool, idle_seconds: float) -> dict:
-    """`h`: the bench's own module (Setup, Notebookd, Supervisord, helpers)."""
+PARTS = ("first", "restarts", "memory")
+
+
+def run(h, work: str, users: list[str], smoke: bool, quick: bool, idle_seconds: float,
+        parts: tuple[str, ...] = PARTS) -> dict:
+    """`h`: the bench's own module (Setup, Notebookd, Supervisord, helpers); `parts`: which of the three."""
     n, burst, count, memory_users, active = sizes(smoke, quick)
     res = {"n": n, "restarts_each": count}
     fork_users, exec_users = users[:n + 1], users[n + 1:2 * (n + 1)]
-    res["first"] = first_request(h, work, fork_users, exec_users, users[2 * (n + 1):2 * (n + 1) + burst],
-                                 0.2 if smoke else 1)
-    res["restarts"] = restarts(h, work, users[0], users[1], count)
-    res["memory"] = memory(h, work, users[:memory_users], active, idle_seconds, 0.5 if smoke else 5,
-                           with_exec=not smoke)
+    if "first" in parts:
+        res["first"] = first_request(h, work, fork_users, exec_users, users[2 * (n + 1):2 * (n + 1) + burst],
+                                     0.2 if smoke else 1)
+    if "restarts" in parts:
+        res["restarts"] = restarts(h, work, users[0], users[1], count)
+    if "memory" in parts:
+        res["memory"] = memory(h, work, users[:memory_users], active, idle_seconds, 0.5 if smoke else 5,
+                               with_exec=not smoke)
     return res
 
 
@@ -427,6 +434,17 @@ def users_needed(smoke: bool, quick: bool) -> int:
 # ------------------------------------------------------------------ the tables
 
 def table(r: dict) -> str:
+    out = []
+    if "first" in r:
+        out += _first_table(r)
+    if "restarts" in r:
+        out += _restarts_table(r)
+    if "memory" in r:
+        out += _memory_table(r)
+    return "\n".join(out)
+
+
+def _first_table(r: dict) -> list[str]:
     f = r["first"]
     out = [f"\n### On demand: first request to an idle user → first byte ({r['n']} users each, one at a time)\n",
            "| spawn | median | max | goal (median) | |", "|---|---|---|---|---|"]
@@ -437,8 +455,12 @@ def table(r: dict) -> str:
     last = max(f["burst"])
     out += [f"\n{len(f['burst'])} idle users (fork) hit at the same moment: first answered after "
             f"{min(f['burst']):.2f} s, median {statistics.median(f['burst']):.2f} s, **last {last:.2f} s** (goal ≤ 3 s: "
-            f"{'met' if last <= 3 else '**missed**'}).",
-            f"\n### Restarts under a client loop ({r['restarts_each']} of each kind; GET {{base_url}}api, a new "
+            f"{'met' if last <= 3 else '**missed**'})."]
+    return out
+
+
+def _restarts_table(r: dict) -> list[str]:
+    out = [f"\n### Restarts under a client loop ({r['restarts_each']} of each kind; GET {{base_url}}api, a new "
             "connection every ≥ 10 ms)\n",
             "| kind | notebookd refused | notebookd failed | supervisord refused | supervisord failed | answered (notebookd / supervisord) |",
             "|---|---|---|---|---|---|"]
@@ -447,9 +469,13 @@ def table(r: dict) -> str:
         a, b = rs["notebookd"][kind], rs["supervisord"][kind]
         out.append(f"| {kind} | {a['refused']} | {a['failed']} | {b['refused']} | {b['failed']} | "
                    f"{a['answered']} / {b['answered']} |")
+    return out
+
+
+def _memory_table(r: dict) -> list[str]:
     m = r["memory"]
     od, base = m["on-demand"], m["always, fork"]
-    out += [f"\n### Memory: {m['users']} configured users, {m['active']} of them active\n",
+    out = [f"\n### Memory: {m['users']} configured users, {m['active']} of them active\n",
             "| | servers running | total PSS | ratio to on-demand | daemon CPU, all idle or all up "
             f"({m['idle_seconds']:.0f} s, % of a core) | daemon RSS |",
             "|---|---|---|---|---|---|"]
@@ -463,4 +489,4 @@ def table(r: dict) -> str:
                + (f", {od['pss'] / worst['pss']:.3f}× of `spawn: exec`" if "always, exec" in m else "")
                + f" (goal ≤ 0.15×: {'met' if od['pss'] / worst['pss'] <= 0.15 else '**missed**'} against "
                + ("exec" if "always, exec" in m else "fork") + ").")
-    return "\n".join(out)
+    return out

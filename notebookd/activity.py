@@ -7,8 +7,8 @@ activity; /api/status never does), so asking never keeps an idle server looking 
 user's token: servers with `auth: password` only are not asked (their figures stay unknown, and they
 are never stopped for idleness).
 
-Two callers, each at its own pace: the native backend's idle stop asks with every health check of a
-server with `idle.stop_after` (README, "Idle servers"); metrics and `status` go through ActivityBook.
+Two callers, each at its own pace: every backend's idle stop (`idle_for`) asks with each health check of
+a server with `idle.stop_after` (README, "Idle servers"); metrics and `status` go through ActivityBook.
 
 Probes run only for running servers, all at once with a bound, and no more often than `min_age`
 (`metrics.activity_interval`, 60 s by default, as JupyterHub's activity interval is minutes) however
@@ -102,6 +102,24 @@ class ActivityBook:
                     except Exception:  # a bug must not end the figures silently
                         log.exception("activity probe failed")
         return asyncio.create_task(loop(), name="activity")
+
+
+async def idle_for(spec: ServerSpec, tokens, started: float | None) -> float | None:
+    """The idle rule (README, "Idle servers"), for every backend's idle stop: seconds since the server's
+    last activity by jupyter's account (not before `started`, wall clock), or None while it is active
+    or cannot tell (no token to ask with, no answer): a connected client or a busy kernel is activity."""
+    if not uses_token(spec):
+        return None  # auth: password only: never stopped for idleness
+    try:
+        token = tokens.get(spec.name)
+    except OSError:
+        return None
+    found = await ask(spec, token)
+    if isinstance(found, str) or found.last_activity is None or found.busy is None:
+        return None
+    if found.connections or found.busy:
+        return None
+    return time.time() - max(found.last_activity, started or 0)
 
 
 async def ask(spec: ServerSpec, token: str, timeout: float = TIMEOUT) -> Activity | str:

@@ -195,7 +195,7 @@ except OSError as e:
 
 def install_units(container, notebookd_bin: str) -> None:
     """The repo's units, as install.sh installs them, into the container's /etc/systemd/system."""
-    for name in ("notebookd.service", "notebookd-user@.service"):
+    for name in ("notebookd.service", "notebookd-user@.service", "notebookd-user@.socket"):
         with open(os.path.join(REPO, "units", name)) as fh:
             text = fh.read().replace("/usr/bin/notebookd", notebookd_bin)
         container.run("sh", "-c", f"cat > /etc/systemd/system/{name}", input=text)

@@ -14,7 +14,7 @@ def _read(*path: str) -> str:
     return open(os.path.join(ROOT, *path)).read()
 
 
-@pytest.mark.parametrize("unit", ["notebookd.service", "notebookd-user@.service"])
+@pytest.mark.parametrize("unit", ["notebookd.service", "notebookd-user@.service", "notebookd-user@.socket"])
 def test_units_document_the_man_page_and_the_installed_readme(unit):
     links = re.search(r"^Documentation=(.*)$", _read("units", unit), re.M).group(1).split()
     assert links == ["file:///usr/share/doc/notebookd/README.md"]

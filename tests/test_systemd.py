@@ -26,7 +26,7 @@ NOTEBOOKD_BIN = os.path.join(VENV, "bin", "notebookd")
 def _units_dir(tmp: str) -> str:
     """The repo's units as install.sh installs them (ExecStart pointing at this venv's notebookd)."""
     os.makedirs(tmp, exist_ok=True)
-    for name in ("notebookd.service", "notebookd-user@.service"):
+    for name in ("notebookd.service", "notebookd-user@.service", "notebookd-user@.socket"):
         with open(os.path.join(REPO, "units", name)) as src, open(os.path.join(tmp, name), "w") as dst:
             dst.write(src.read().replace("/usr/bin/notebookd", NOTEBOOKD_BIN))
     return tmp

@@ -253,24 +253,6 @@ class NativeServer:
         self._on_demand = False
         return True
 
-    async def _idle_for(self) -> float | None:
-        """How long the server has had no activity by jupyter's account, or None if it is active (or
-        cannot tell): `last_activity`, open connections and busy kernels, from `activity.ask` (the
-        same question metrics and status ask, here at the pace of the health check)."""
-        spec = self.spec
-        if spec.settings.auth == "password":
-            return None  # no token to ask with: never stopped for idleness (README)
-        try:
-            token = self.host.tokens.get(spec.name)
-        except OSError:
-            return None
-        found = await activity.ask(spec, token)
-        if isinstance(found, str) or found.last_activity is None or found.busy is None:
-            return None
-        if found.connections or found.busy:
-            return None
-        return time.time() - max(found.last_activity, self.started or 0)
-
     async def _wait_ready(self) -> str:
         """'ready', 'stop', or why the server never became ready."""
         spec = self.spec
@@ -311,7 +293,7 @@ class NativeServer:
                     self.health_failures = 0
                     stop_after = self.spec.settings.idle.stop_after
                     if stop_after is not None:
-                        idle = await self._idle_for()
+                        idle = await activity.idle_for(self.spec, self.host.tokens, self.started)
                         self.last_active = None if idle is None else time.time() - idle
                         if idle is not None and idle >= stop_after:
                             self.idled = True

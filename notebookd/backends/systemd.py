@@ -6,6 +6,14 @@ ExecStart (port, base_url), Environment, WorkingDirectory, the home and root_dir
 limits, timeouts, and `LoadCredential=token:<state_dir>/tokens/USER` (the token never appears in the
 unit text: the server reads it from `%d/token`, the credential directory systemd makes for it).
 
+The user's port belongs to `notebookd-user@USER.socket` (template units/notebookd-user@.socket, the
+address in its own runtime drop-in): systemd binds it when notebookd first starts the user and holds
+it while the server is down, crashed, restarting, stopped for idleness or waiting for its first
+connection (`start: on-demand`), and across restarts of notebookd itself. The server is handed it as
+fd 3 (LISTEN_FDS) and runs under notebookd's launcher, which accepts on it and never binds. A server
+command that is not run by Python cannot be handed a socket: it binds its port itself, without a
+socket unit.
+
 Each systemctl call is one small function; every return code is checked and a failure raises
 BackendError with systemctl's own message. Logs are in the journal.
 """
@@ -18,7 +26,7 @@ import re
 import shutil
 import time
 
-from notebookd import launch, procs
+from notebookd import launch, launcher, procs
 from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
@@ -29,6 +37,7 @@ from notebookd.procs import MARKER_VAR
 from notebookd.tokens import TokenStore
 
 TEMPLATE = "notebookd-user@.service"
+SOCKET_TEMPLATE = "notebookd-user@.socket"
 DROPIN_ROOT = "/run/systemd/system"  # runtime drop-ins: gone at reboot, written again by notebookd
 DROPIN_NAME = "50-notebookd.conf"
 TOKEN_FILE = "%d/token"  # %d: the unit's credentials directory
@@ -45,8 +54,16 @@ def unit(name: str) -> str:
     return f"notebookd-user@{name}.service"
 
 
+def socket_unit(name: str) -> str:
+    return f"notebookd-user@{name}.socket"
+
+
 def dropin_path(name: str) -> str:
     return os.path.join(DROPIN_ROOT, unit(name) + ".d", DROPIN_NAME)
+
+
+def socket_dropin_path(name: str) -> str:
+    return os.path.join(DROPIN_ROOT, socket_unit(name) + ".d", DROPIN_NAME)
 
 
 # ---- systemctl, one function per call ----
@@ -59,17 +76,21 @@ async def daemon_reload() -> None:
     await _systemctl("daemon-reload")
 
 
-async def start(name: str) -> None:
-    await _systemctl("start", unit(name))
+async def start(*units: str) -> None:
+    await _systemctl("start", *units)
 
 
-async def stop(name: str) -> None:
-    await _systemctl("stop", unit(name))
+async def restart(*units: str) -> None:
+    await _systemctl("restart", *units)
 
 
-async def reset_failed(name: str) -> None:
+async def stop(*units: str) -> None:
+    await _systemctl("stop", *units)
+
+
+async def reset_failed(*units: str) -> None:
     """Clears `failed` and the start rate limit, so a start after a crash loop is not refused."""
-    await _systemctl("reset-failed", unit(name))
+    await _systemctl("reset-failed", *units)
 
 
 async def show(units: list[str], props: tuple[str, ...] = PROPS) -> list[dict[str, str]]:
@@ -102,7 +123,25 @@ def _path(path: str) -> str:
     return path.replace("%", "%%")
 
 
-def dropin(spec: ServerSpec, run: launch.Launch, token_source: str) -> str:
+def socket_dropin(spec: ServerSpec) -> str:
+    """The user's address for their socket unit: exactly the configured one (`::` is IPv6 only)."""
+    host = f"[{spec.ip}]" if ":" in spec.ip else spec.ip
+    return "\n".join([f"# Written by notebookd for {spec.name}; changes here are overwritten.", "[Socket]",
+                      "ListenStream=", f"ListenStream={host}:{spec.port}"]) + "\n"
+
+
+def socketed_argv(spec: ServerSpec, run: launch.Launch) -> list[str] | None:
+    """The server's argv under the launcher, accepting on fd 3 (the socket unit's, LISTEN_FDS), or None
+    if its command is not run by Python (then it binds its port itself)."""
+    if run.python is None:
+        return None
+    drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
+    return launcher.wrap(list(run.argv), 3, drain, run.python, run.kind.app)
+
+
+def dropin(spec: ServerSpec, run: launch.Launch, token_source: str, argv: list[str] | None = None) -> str:
+    """The service's drop-in; `argv`: the command under the launcher (socketed_argv), bound to the
+    user's socket unit, else `run.argv` as it is."""
     home = spec.account.home
     env = []
     for key, value in sorted(run.env.items()):
@@ -115,10 +154,11 @@ def dropin(spec: ServerSpec, run: launch.Launch, token_source: str) -> str:
         f"# Written by notebookd for {spec.name}; changes here are overwritten.",
         "[Unit]",
         f"StartLimitBurst={spec.restart.crashloop_after}",
+        *([f"Requires={socket_unit(spec.name)}", f"After={socket_unit(spec.name)}"] if argv is not None else []),
         "",
         "[Service]",
         "ExecStart=",
-        "ExecStart=" + " ".join(_exec_word(w) for w in run.argv),
+        "ExecStart=" + " ".join(_exec_word(w) for w in (argv if argv is not None else run.argv)),
         # entered after User= applies (systemd >= 240, "core: apply WorkingDirectory after enforce_user"),
         # so it is resolved as the user
         f"WorkingDirectory={_path(run.cwd)}",
@@ -144,25 +184,48 @@ def _describe_exit(code: str, status: str) -> str:
     return procs.describe_exit(number if code == "1" else -number, core=code == "3")
 
 
+def _write_if_changed(path: str, text: str | None) -> bool:
+    """The drop-in at `path` holds `text` (None: there is none); True if that changed anything."""
+    try:
+        with open(path) as fh:
+            if fh.read() == text:
+                return False
+    except FileNotFoundError:
+        if text is None:
+            return False
+    if text is None:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        return True
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    write_atomic(path, text.encode(), 0o644)
+    return True
+
+
 class SystemdManager:
     name = "systemd"
+    holds_sockets = True  # socket units hold users' ports: on-demand starts, idle stops (ManagedBackend)
 
     def __init__(self, run_dir: str, state_dir: str):
         self.run_dir = run_dir
         self.state_dir = state_dir
         self._lock = asyncio.Lock()
+        self._socketed: set[str] = set()  # users whose port a socket unit holds
+        self._moved: set[str] = set()  # their socket unit's address changed: restarted at the next start
 
     async def open(self) -> set[str]:
-        info = (await show([unit("notebookd-check")], ("LoadState", "FragmentPath")))[0]
-        if info.get("LoadState") != "loaded":
-            raise BackendError(f"{TEMPLATE} is not installed (LoadState={info.get('LoadState')}): copy "
-                               f"units/{TEMPLATE} to /etc/systemd/system and run systemctl daemon-reload")
+        for template, name in ((TEMPLATE, unit("notebookd-check")), (SOCKET_TEMPLATE, socket_unit("notebookd-check"))):
+            state = (await show([name], ("LoadState",)))[0].get("LoadState")
+            # an instance of the socket template without notebookd's drop-in has no address: "bad-setting"
+            if state == "not-found" or (template == TEMPLATE and state != "loaded"):
+                raise BackendError(f"{template} is not installed (LoadState={state}): copy units/{template} "
+                                   "to /etc/systemd/system and run systemctl daemon-reload")
         found = set()
         if os.path.isdir(DROPIN_ROOT):
             for entry in os.listdir(DROPIN_ROOT):
-                m = re.fullmatch(r"notebookd-user@(.+)\.service\.d", entry)
+                m = re.fullmatch(r"notebookd-user@(.+)\.(service|socket)\.d", entry)
                 if m and os.path.exists(os.path.join(DROPIN_ROOT, entry, DROPIN_NAME)):
-                    found.add(m.group(1))
+                    (found if m.group(2) == "service" else self._socketed).add(m.group(1))
+        self._socketed &= found
         return found
 
     async def install(self, spec: ServerSpec, access: Access) -> bool:
@@ -170,44 +233,77 @@ class SystemdManager:
         run = await launch.prepare(spec, self.run_dir, access, token_file=TOKEN_FILE,
                              runtime_dir=f"/run/notebookd-user/{spec.name}")
         assert run.env[MARKER_VAR] == run.marker
-        text = dropin(spec, run, os.path.join(access.tokens.dir, spec.name))
-        path = dropin_path(spec.name)
+        try:
+            argv = socketed_argv(spec, run)
+        except ValueError as exc:
+            raise BackendError(str(exc)) from None
+        text = dropin(spec, run, os.path.join(access.tokens.dir, spec.name), argv)
         async with self._lock:
-            try:
-                with open(path) as fh:
-                    if fh.read() == text:
-                        return False
-            except FileNotFoundError:
-                pass
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            write_atomic(path, text.encode(), 0o644)
-            await daemon_reload()
-        return True
+            if argv is None and spec.name in self._socketed:  # now a command that binds its port itself
+                await stop(socket_unit(spec.name))
+            moved = _write_if_changed(socket_dropin_path(spec.name), socket_dropin(spec) if argv is not None else None)
+            changed = _write_if_changed(dropin_path(spec.name), text)
+            (self._socketed.add if argv is not None else self._socketed.discard)(spec.name)
+            if moved and argv is not None:
+                self._moved.add(spec.name)
+            if moved or changed:
+                await daemon_reload()
+        return moved or changed
 
     async def uninstall(self, name: str) -> None:
         async with self._lock:
+            if name in self._socketed:
+                await stop(socket_unit(name), unit(name))  # the port is free the moment the user is removed
+            shutil.rmtree(os.path.dirname(socket_dropin_path(name)), ignore_errors=True)
             shutil.rmtree(os.path.dirname(dropin_path(name)), ignore_errors=True)
+            self._socketed.discard(name)
             await daemon_reload()
 
-    async def start(self, name: str) -> None:
-        if await self._failed(name):
-            await reset_failed(name)
-        try:
-            await start(name)
-        except BackendError:
-            if not await self._failed(name):  # e.g. refused by the start rate limit: clear it, once
-                raise
-            await reset_failed(name)
-            await start(name)
+    def _units(self, name: str) -> list[str]:
+        return [socket_unit(name), unit(name)] if name in self._socketed else [unit(name)]
 
-    async def _failed(self, name: str) -> bool:
-        return (await show([unit(name)], ("ActiveState",)))[0].get("ActiveState") == "failed"
+    async def start(self, name: str) -> None:
+        await self._start(name, self._units(name))
+
+    async def listen(self, name: str) -> bool:
+        """Only the user's socket unit (`start: on-demand`): its first connection starts the server.
+        False if the user has none (a command that binds its port itself): start it instead."""
+        if name not in self._socketed:
+            return False
+        await self._start(name, [socket_unit(name)])
+        return True
+
+    async def unlisten(self, name: str) -> None:
+        """Close the user's port (an admin's stop: no connection may start the server)."""
+        if name in self._socketed:
+            await stop(socket_unit(name))
+
+    async def _start(self, name: str, units: list[str]) -> None:
+        if name in self._moved:  # the address changed: the old one is let go of, the new one bound
+            self._moved.discard(name)
+            await stop(*units)
+        if await self._failed(units):
+            await reset_failed(*units)
+        try:
+            await start(*units)
+        except BackendError:
+            if not await self._failed(units):  # e.g. refused by the start rate limit: clear it, once
+                raise
+            await reset_failed(*units)
+            await start(*units)
+
+    async def _failed(self, units: list[str]) -> bool:
+        return any(b.get("ActiveState") == "failed" for b in await show(units, ("ActiveState",)))
 
     async def stop(self, name: str) -> None:
-        await stop(name)
+        await stop(unit(name))  # the server only: its socket unit keeps the port (and the backlog)
 
     async def observe(self, names: list[str]) -> dict[str, Observed]:
-        blocks = await show([unit(n) for n in names])
+        socketed = [n for n in names if n in self._socketed]
+        shown = await show([unit(n) for n in names] + [socket_unit(n) for n in socketed])
+        by_id = {b.get("Id"): b for b in shown}
+        blocks = [by_id.get(unit(n), {}) for n in names]
+        listening = {n for n in socketed if by_id.get(socket_unit(n), {}).get("ActiveState") == "active"}
         now_wall, now_mono = time.time(), time.monotonic()
 
         def wall(mono: str) -> float | None:
@@ -227,6 +323,8 @@ class SystemdManager:
                 state = "gave_up"
             else:
                 state = "stopped"
+            if state == "stopped" and name in listening:
+                state = "idle"  # no process, the port held: the next connection starts it
             pid = int(info.get("MainPID") or 0) or None
             exit_ = None
             if state != "up" and int(info.get("ExecMainExitTimestampMonotonic") or 0):
