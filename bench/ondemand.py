@@ -192,7 +192,42 @@ def first_request(h, work: str, fork_users: list[str], exec_users: list[str], bu
         for d in daemons.values():
             stop(d)
         h.kill_users(fork_users + burst_users + exec_users)
+    # the floor: the same server (argv, environment, files) spawned by hand and polled until it answers
+    out["plain"] = []
+    for i, name in enumerate(exec_users):
+        took = plain_first(h, exe, name)
+        if i:
+            out["plain"].append(took)
+        h.log(f"plain jupyter, spawned to first answer: {name} {took:.2f} s{' (warm-up)' if not i else ''}")
+        time.sleep(settle)
     return out
+
+
+def plain_first(h, setup, name: str) -> float:
+    """Seconds from spawning `jupyter server` (no notebookd) to the first 200 on GET {base_url}api,
+    asked every 10 ms: what any start costs, which an on-demand start cannot beat."""
+    spec, run = setup.specs[name], setup.server_files(name)
+    acc = spec.account
+    with open(os.path.join(setup.dir, f"plain-{name}.log"), "ab") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([*h.launch.enter(run.cwd), *run.argv], env=run.env, cwd="/", stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, user=acc.uid, group=acc.gid, extra_groups=list(acc.groups),
+                                umask=0o077, start_new_session=True)
+    try:
+        while True:
+            try:
+                _, status = first_byte(spec.ip, spec.port, spec.base_url + "api", timeout=30)
+                if status == 200:
+                    return time.monotonic() - t0
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() - t0 > 120:
+                raise RuntimeError(f"plain jupyter for {name} never answered (exit {proc.poll()})")
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        h.kill_users([name])
 
 
 class _Notebookd:
@@ -452,6 +487,10 @@ def _first_table(r: dict) -> list[str]:
         m = statistics.median(f[system])
         out.append(f"| {system} | {m:.2f} s | {max(f[system]):.2f} s | ≤ {goal:.1f} s | "
                    f"{'met' if m <= goal else '**missed**'} |")
+    if f.get("plain"):
+        m = statistics.median(f["plain"])
+        out.append(f"| plain `jupyter server`, spawned by hand, to its first answer | {m:.2f} s | {max(f['plain']):.2f} s "
+                   f"| (the floor) | exec / plain: {statistics.median(f['exec']) / m:.2f}x |")
     last = max(f["burst"])
     out += [f"\n{len(f['burst'])} idle users (fork) hit at the same moment: first answered after "
             f"{min(f['burst']):.2f} s, median {statistics.median(f['burst']):.2f} s, **last {last:.2f} s** (goal ≤ 3 s: "

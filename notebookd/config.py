@@ -617,8 +617,9 @@ def from_document(root: Located, layout: Layout) -> Config:
 
 
 def _check_on_demand(backend: str, given: dict[str, Located]) -> None:
-    """Only the native backend holds users' sockets, which on-demand starts and idle stops need."""
-    if backend == "native":
+    """Only backends that hold users' ports while no server runs can start on demand and stop when
+    idle: native (the daemon's sockets) and systemd (socket units)."""
+    if backend in ("native", "systemd"):
         return
     places = [given["server"]] if "server" in given else []
     if "users" in given and isinstance(given["users"].value, dict):
@@ -634,11 +635,11 @@ def _check_on_demand(backend: str, given: dict[str, Located]) -> None:
                                       and item.value["stop_after"].value not in (None, "")):
                 continue
             if backend == "slurm":  # README, backend slurm: what on-demand would need there
-                raise item.error("needs backend: native (with backend: slurm the server's port is on a compute "
+                raise item.error("needs backend: native or systemd (with backend: slurm the server's port is on a compute "
                                  "node, not known before the job runs: nothing on this machine can hold it; "
                                  "idle stop of jobs is not done yet)")
-            raise item.error(f"needs backend: native (backend: {backend} binds its servers' ports itself, "
-                             "so nothing holds a port while its server is down)")
+            raise item.error(f"needs backend: native or systemd (backend: {backend} binds its servers' ports "
+                             "itself, so nothing holds a port while its server is down)")
 
 
 def _server(given: dict[str, Located], embed: Embed) -> ServerSettings:

@@ -33,8 +33,10 @@ TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
     S.RUNNING: frozenset({S.STOPPING, S.BACKOFF, S.CRASHLOOP}),
     S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.CRASHLOOP, S.IDLE}),  # IDLE: stopped for idleness
     # CRASHLOOP: a process manager that gave up after its own retries (supervisord FATAL, systemd failed)
-    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.CRASHLOOP}),
-    S.CRASHLOOP: frozenset({S.STARTING, S.STOPPED}),
+    # IDLE from BACKOFF and CRASHLOOP: an on-demand server whose restart waits for a connection (managers
+    # that hold the port: a socket unit)
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.CRASHLOOP, S.IDLE}),
+    S.CRASHLOOP: frozenset({S.STARTING, S.STOPPED, S.IDLE}),
     S.ERROR: frozenset(),
     S.IDLE: frozenset({S.STARTING, S.STOPPED}),  # STARTING: a connection is pending on the held socket
 }

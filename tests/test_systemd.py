@@ -7,6 +7,7 @@ In the container notebookd runs as notebookd.service with `backend: systemd`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import re
@@ -39,6 +40,8 @@ def _verify(*paths: str) -> subprocess.CompletedProcess:
 
 def test_units_pass_systemd_analyze_verify(tmp_path):
     units = _units_dir(str(tmp_path))
+    # (the socket template alone has no address, which systemd refuses: its instance with notebookd's
+    # drop-in is verified below)
     out = _verify(os.path.join(units, "notebookd.service"), os.path.join(units, "notebookd-user@.service"))
     assert out.returncode == 0 and out.stderr == "", out.stderr
 
@@ -59,16 +62,22 @@ def test_an_instance_with_notebookd_drop_in_passes_verify(tmp_path, users):
     access = Access(str(tmp_path / "state"), tokens)
     run = asyncio.run(launch.prepare(spec, str(tmp_path / "run"), access, token_file=systemd.TOKEN_FILE,
                                      runtime_dir=f"/run/notebookd-user/{user.pw_name}"))
-    text = systemd.dropin(spec, run, os.path.join(tokens.dir, user.pw_name))
+    argv = systemd.socketed_argv(spec, run)
+    text = systemd.dropin(spec, run, os.path.join(tokens.dir, user.pw_name), argv)
     assert tokens.get(user.pw_name) not in text
     assert "Environment=\"JUPYTER_TOKEN_FILE=%d/token\"" in text and "MemoryMax=1073741824" in text
-    os.makedirs(os.path.join(units, f"notebookd-user@{user.pw_name}.service.d"))
-    with open(os.path.join(units, f"notebookd-user@{user.pw_name}.service.d", systemd.DROPIN_NAME), "w") as fh:
-        fh.write(text)
-    out = subprocess.run(["systemd-analyze", "verify", os.path.join(units, f"notebookd-user@{user.pw_name}.service")],
-                         capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "SYSTEMD_UNIT_PATH": units + ":"})
-    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert f"Requires=notebookd-user@{user.pw_name}.socket" in text and '"--listen-fd=3"' in text
+    os.symlink("notebookd-user@.socket", os.path.join(units, f"notebookd-user@{user.pw_name}.socket"))
+    for kind, body in (("service", text), ("socket", systemd.socket_dropin(spec))):
+        os.makedirs(os.path.join(units, f"notebookd-user@{user.pw_name}.{kind}.d"))
+        with open(os.path.join(units, f"notebookd-user@{user.pw_name}.{kind}.d", systemd.DROPIN_NAME), "w") as fh:
+            fh.write(body)
+    assert "ListenStream=127.0.0.1:8800" in systemd.socket_dropin(spec)
+    for kind in ("service", "socket"):
+        out = subprocess.run(["systemd-analyze", "verify", os.path.join(units, f"notebookd-user@{user.pw_name}.{kind}")],
+                             capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "SYSTEMD_UNIT_PATH": units + ":"})
+        assert out.returncode == 0 and out.stderr == "", (kind, out.stderr)
 
 
 def security_score(path: str) -> float:
@@ -416,3 +425,164 @@ class TestNativeFdStore:
                      "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
                      f"s.bind(('127.0.0.1', {port})); s.listen(); print('bound')", check=False)
         assert bind.stdout.strip() == "bound", bind.stderr
+
+
+LOOP = r"""
+import json, os, socket, sys, time
+ip, port, path, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out = {"answered": 0, "refused": 0, "failed": 0, "errors": []}
+request = f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode()
+while not os.path.exists(stop):
+    try:
+        with socket.create_connection((ip, port), timeout=120) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        if data.startswith(b"HTTP/1.1 200"):
+            out["answered"] += 1
+        else:
+            out["failed"] += 1
+            out["errors"].append(data[:40].decode(errors="replace") or "closed without an answer")
+    except ConnectionRefusedError:
+        out["refused"] += 1
+    except OSError as e:
+        out["failed"] += 1
+        out["errors"].append(f"{type(e).__name__}: {e}")
+    time.sleep(0.01)
+print(json.dumps(out))
+"""
+
+SQUAT = ("import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+         "try:\n    s.bind(('127.0.0.1', int(sys.argv[1]))); print('bound')\n"
+         "except OSError as e:\n    print(e.errno)")
+
+
+class TestSocketUnits:
+    """Issue 12 with `backend: systemd`: each user's port belongs to `notebookd-user@USER.socket`, so it
+    is held whatever the server does; an on-demand user is started by systemd at the first connection,
+    stopped for idleness by notebookd with its socket left listening, and restarts refuse nothing."""
+
+    USER = "mxsoalice"
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def sbox(workdir):
+        import sysroot
+
+        container = sysroot.Container(sysroot.root(), [VENV, REPO], os.path.join(workdir, "container-sockets.log")).boot()
+        lab = ContainerLab(container, {"alice": TestSocketUnits.USER}).setup()
+        container.run("useradd", "--create-home", "mxsquat")  # an ordinary user of the container, not configured
+        lab.set_users({TestSocketUnits.USER: "{start: on-demand}"})
+        started = container.run("systemctl", "start", "notebookd", timeout=180, check=False)
+        assert started.returncode == 0, lab.daemon_log()[-3000:]
+        lab.wait_state(TestSocketUnits.USER, "idle", 120)
+        yield lab
+        container.stop()
+
+    def active(self, lab, kind: str) -> str:
+        return lab.c.run("systemctl", "show", "-p", "ActiveState", "--value",
+                         f"notebookd-user@{self.USER}.{kind}").stdout.strip()
+
+    def squat(self, lab, port: int) -> str:
+        return lab.c.run("runuser", "-u", "mxsquat", "--", "/usr/bin/python3", "-c", SQUAT, str(port)).stdout.strip()
+
+    def api(self, lab) -> str:
+        return lab.rows()[self.USER]["url"] + "api"
+
+    def test_an_idle_users_port_is_held_by_their_socket_unit(self, sbox):
+        row = sbox.wait_state(self.USER, "idle", 60)
+        assert self.active(sbox, "socket") == "active" and self.active(sbox, "service") == "inactive"
+        assert sbox.user_pids(self.USER) == []  # no process until a connection comes
+        for _ in range(5):
+            assert self.squat(sbox, row["port"]) == str(errno.EADDRINUSE)
+        listen = sbox.c.run("cat", f"/run/systemd/system/notebookd-user@{self.USER}.socket.d/50-notebookd.conf").stdout
+        assert f"ListenStream=127.0.0.1:{row['port']}" in listen
+
+    def test_the_first_request_starts_the_server_and_is_answered(self, sbox):
+        sbox.wait_state(self.USER, "idle", 60)
+        assert sbox.http(self.api(sbox)) == 200  # answered by the server systemd started for it
+        row = sbox.wait_state(self.USER, "running", 60)
+        assert self.active(sbox, "service") == "active"
+        argv = sbox.c.run("cat", f"/proc/{row['pid']}/cmdline").stdout.split("\0")
+        assert "--listen-fd=3" in argv
+        # a kernel inherits neither the socket nor systemd's LISTEN_* variables
+        listening = sbox.c.run("readlink", f"/proc/{row['pid']}/fd/3").stdout.strip()
+        assert listening.startswith("socket:")
+        assert sbox.http(self.api(sbox) + "/kernels", token=sbox.token(self.USER), method="POST", body=b"{}") == 201
+        kernel = wait_for(lambda: sbox.pid_of(self.USER, "ipykernel"), 60, what="a kernel")
+        env = sbox.proc_env(kernel)
+        assert not {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} & set(env), env
+        holders = [pid for pid in sbox.user_pids(self.USER)
+                   if listening in sbox.c.run("sh", "-c", f"readlink /proc/{pid}/fd/* 2>/dev/null", check=False).stdout]
+        assert holders == [row["pid"]], holders
+
+    def test_restarts_under_a_client_loop_refuse_nothing(self, sbox):
+        c = sbox.c
+        if sbox.rows()[self.USER]["state"] != "running":
+            assert sbox.http(self.api(sbox)) == 200
+        sbox.wait_state(self.USER, "running", 60)
+        url = self.api(sbox)
+        port = sbox.rows()[self.USER]["port"]
+        path = "/" + url.split("/", 3)[3]
+
+        def under_loop(kind: str, times: int, act) -> dict:
+            stop = f"/tmp/loop-stop-{kind.replace(' ', '-')}"
+            loop = subprocess.Popen(["nsenter", "-t", str(c.leader), "-a", "/usr/bin/python3", "-c", LOOP, "127.0.0.1",
+                                     str(port), path, stop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                for _ in range(times):
+                    old = sbox.wait_state(self.USER, "running", 120)["pid"]
+                    act(old)
+                    wait_for(lambda: (r := sbox.rows()[self.USER])["state"] == "running" and r["pid"] != old, 120,
+                             what=f"a new server after {kind}")
+            finally:
+                c.run("touch", stop)
+                out, err = loop.communicate(timeout=300)
+            assert loop.returncode == 0, err
+            found = json.loads(out)
+            print(f"{kind} x{times}: {found}")
+            assert found["answered"] > times, found
+            return found
+
+        for kind, times, act in (
+            ("restart", 3, lambda old: sbox.cli("restart", self.USER)),
+            ("token rotation", 2, lambda old: sbox.cli("token", "--rotate", self.USER)),
+        ):
+            found = under_loop(kind, times, act)
+            assert (found["refused"], found["failed"]) == (0, 0), (kind, found)
+        found = under_loop("kill -9", 2, lambda old: sbox.kill(old))
+        assert found["refused"] == 0, found  # only what the dead server had accepted may fail
+
+    def test_idle_stop_stops_the_service_and_the_socket_keeps_listening(self, sbox):
+        sbox.set_users({self.USER: "{start: on-demand, start_timeout: 10s, idle: {stop_after: 10s}}"})
+        assert sbox.reload().returncode == 0
+        if sbox.rows()[self.USER]["state"] == "idle":
+            assert sbox.http(self.api(sbox)) == 200
+        sbox.wait_state(self.USER, "running", 120)
+        row = sbox.wait_state(self.USER, "idle", 90)  # nobody used it for 10 s
+        assert self.active(sbox, "service") == "inactive" and self.active(sbox, "socket") == "active"
+        wait_for(lambda: sbox.user_pids(self.USER) == [], 30, what="the server and its kernels gone")
+        assert self.squat(sbox, row["port"]) == str(errno.EADDRINUSE)
+        assert "idle for" in sbox.daemon_log()
+        assert sbox.http(self.api(sbox)) == 200  # and the next request starts it again
+        sbox.wait_state(self.USER, "running", 60)
+
+    def test_an_admins_stop_closes_the_port_and_start_opens_it(self, sbox):
+        port = sbox.rows()[self.USER]["port"]
+        assert sbox.cli("stop", self.USER).returncode == 0
+        sbox.wait_state(self.USER, "stopped", 60)
+        assert self.active(sbox, "socket") == "inactive"  # no connection may start a stopped server
+        assert sbox.cli("start", self.USER).returncode == 0  # an admin's start starts it now
+        sbox.wait_state(self.USER, "running", 120)
+        assert self.squat(sbox, port) == str(errno.EADDRINUSE)
+
+    def test_a_removed_user_loses_the_socket_unit_and_the_port_is_free(self, sbox):
+        port = sbox.rows()[self.USER]["port"]
+        sbox.set_users({})
+        assert sbox.reload().returncode == 0
+        wait_for(lambda: self.USER not in sbox.rows(), 60, what="the user gone")
+        assert self.active(sbox, "socket") == "inactive"
+        assert not sbox.c.run("test", "-e", f"/run/systemd/system/notebookd-user@{self.USER}.socket.d",
+                              check=False).returncode == 0
+        assert self.squat(sbox, port) == "bound"

@@ -8,6 +8,12 @@ behind, and a retry for servers the manager gave up on (never given up, as with 
 The manager's view is read every `poll` seconds (one call for all servers) and right after every
 action. `status()` only reads what the last look found, so it never blocks.
 
+A manager with `holds_sockets` (systemd: a socket unit per user) keeps each user's port while the
+server is down, so this layer also does what the native backend does with the sockets it holds:
+`start: on-demand` (only the port, state IDLE; the first connection starts the server) and idle stop
+(activity.idle_for, asked with each health check; the server stops, the port stays, back to IDLE).
+An admin's stop closes the port too, so that no connection starts the server again.
+
 A daemon shutdown stops the servers, as with the native backend; `detach()` (`notebookd shutdown
 --keep-servers`) or a crash leaves them running under their manager: a new daemon finds them
 (`Manager.open`), and starting a server whose definition did not change is a no-op there.
@@ -22,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from notebookd import launch, probe
+from notebookd import activity, launch, probe
 from notebookd.access import Access, NotReady
 from notebookd.backends.base import BackendError
 from notebookd.config import ServerSettings
@@ -41,7 +47,8 @@ class Observed:
     """What the manager says about one server.
 
     state: stopped | up (a process runs) | starting (the manager is starting it) | stopping |
-    backoff (waiting to restart it) | gave_up (supervisor FATAL, systemd failed)."""
+    backoff (waiting to restart it) | gave_up (supervisor FATAL, systemd failed) | idle (no process,
+    the port held: the next connection starts it; managers with `holds_sockets`)."""
 
     state: str = "stopped"
     pid: int | None = None
@@ -66,7 +73,12 @@ class Manager(Protocol):
         """Write the server's definition; True if it changed (a running server must restart)."""
 
     async def uninstall(self, name: str) -> None:
-        """Drop the definition of a stopped server."""
+        """Drop the definition of a stopped server (and close its port)."""
+
+    # With `holds_sockets = True` (the manager keeps each user's port while the server is down):
+    # async def listen(self, name) -> bool: hold the port only, the first connection starts the server;
+    #     False if this user's server binds its port itself (then start it)
+    # async def unlisten(self, name) -> None: close the port (after an admin's stop)
 
     async def start(self, name: str) -> None:
         """Start it unless it runs; return once it is starting."""
@@ -106,6 +118,7 @@ class Server:
     gave_up_at: float | None = None
     retry_at: float = 0.0  # after a failed install or start: when the poller tries again
     timed: bool = False  # the current process was started while this daemon watched: its start is timed
+    idled: bool = False  # stopped for idleness: waits in IDLE for a connection, whatever its start mode
 
 
 class ManagedBackend:
@@ -125,6 +138,7 @@ class ManagedBackend:
         self._memory_at = 0.0
         self.stats = Stats()  # restarts by reason, failed health checks, start durations (for the metrics)
         self.local = getattr(manager, "local", True)
+        self.holds_sockets = getattr(manager, "holds_sockets", False)
 
     # -- the Backend contract --
     async def open(self) -> None:
@@ -149,17 +163,36 @@ class ManagedBackend:
         server = server or self.servers.setdefault(spec.name, Server(spec.name, spec, since=self.machine.now()))
         async with self._busy(server):
             server.spec, server.wanted = spec, True
-            if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP):
+            if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP) and not self._on_demand(server, urgent):
                 self._set_state(server, S.STARTING, f"asking {self.name}")
             changed = await self.manager.install(spec, self.access)
-            if changed and server.obs.state not in ("stopped", "gave_up"):
+            if changed and server.obs.state not in ("stopped", "gave_up", "idle"):
                 log.info("%s: definition changed, restarting it", spec.name)
                 await self._stop_now(server)
-            if server.obs.state in ("stopped", "gave_up") or changed:
+            if server.obs.state in ("stopped", "gave_up", "idle") or changed:
                 server.planned = True
-            await self.manager.start(spec.name)
+            if server.obs.state == "up" and not changed or not await self._listen(server, urgent):
+                if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP, S.IDLE):
+                    self._set_state(server, S.STARTING, f"asking {self.name}")
+                await self.manager.start(spec.name)
             server.retry_at = 0.0
         await self._look_safely()
+
+    def _on_demand(self, server: Server, urgent: bool = False) -> bool:
+        """Whether the server waits for a connection rather than starting now: `start: on-demand`, or
+        stopped for idleness; an admin's `notebookd start` (`urgent`) starts it now."""
+        return (self.holds_sockets and not urgent and server.spec is not None
+                and (server.spec.settings.start == "on-demand" or server.idled))
+
+    async def _listen(self, server: Server, urgent: bool = False) -> bool:
+        """IDLE: the manager holds the port and starts the server at its first connection. False if
+        it does not wait (then the caller starts it)."""
+        if not self._on_demand(server, urgent) or not await self.manager.listen(server.name):
+            return False
+        if server.state is not S.IDLE:
+            self._set_state(server, S.IDLE, "waits for a connection")
+        server.planned = True  # the process a connection starts is one we asked for
+        return True
 
     async def stop(self, name: str) -> None:
         await self._end(name, forget=False)
@@ -173,9 +206,10 @@ class ManagedBackend:
             await self._stop_now(server)
             server.spec = spec
             server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
-            self._set_state(server, S.STARTING, f"asking {self.name}")
             await self.manager.install(spec, self.access)
-            await self.manager.start(spec.name)
+            if not await self._listen(server, urgent):
+                self._set_state(server, S.STARTING, f"asking {self.name}")
+                await self.manager.start(spec.name)
             server.retry_at = 0.0
         await self._look_safely()
 
@@ -188,8 +222,10 @@ class ManagedBackend:
         if server is None:
             return
         async with self._busy(server):
-            server.wanted = False
+            server.wanted, server.idled = False, False
             await self._stop_now(server)
+            if self.holds_sockets and not forget:
+                await self.manager.unlisten(name)  # stopped means stopped: no connection starts it again
             if forget:
                 await self.manager.uninstall(name)
                 self.servers.pop(name, None)
@@ -272,7 +308,9 @@ class ManagedBackend:
                 log.warning("%s: ended processes the manager left behind: %s", server.name,
                             ", ".join(map(str, killed)))
         server.ready_pid = server.started = None
-        if server.state is S.STOPPING:
+        if server.state is S.STOPPING and server.idled and server.wanted:
+            self._set_state(server, S.IDLE, "waits for a connection")
+        elif server.state is S.STOPPING:
             self._set_state(server, S.BACKOFF if server.wanted else S.STOPPED, "restarting" if server.wanted else "")
         elif server.state is not S.STOPPED and not server.wanted:
             self._set_state(server, S.STOPPED)
@@ -341,6 +379,7 @@ class ManagedBackend:
                 self.stats.restarted(s.name, "exit")
                 s.crashed = False
             s.pid_seen, s.ready_pid, s.health_failures = now, None, 0
+            s.idled = False  # a connection woke it (or a restart): it runs as its start mode says
             if old_pid is not None and not s.busy:
                 if s.state is S.RUNNING:  # even if the new one answers at once: its uptime starts again
                     self._set_state(s, S.BACKOFF, f"pid {old_pid} went away; {self.name} started pid {obs.pid}")
@@ -359,14 +398,20 @@ class ManagedBackend:
                 s.gave_up_at = None
             return
         # the manager will not bring these back by itself
-        if obs.state == "stopped" and s.spec is not None:
+        if obs.state == "idle" and s.spec is not None and not self._on_demand(s):
+            async with self._busy(s):  # exited while its port is held (a user's shutdown from the web UI)
+                log.info("%s: exited; starting it again (start: always)", s.name)
+                s.planned = True
+                await self.manager.start(s.name)
+        elif obs.state == "stopped" and s.spec is not None:
             if now < s.retry_at:
                 return
             if not s.retry_at:
                 log.warning("%s: stopped outside notebookd (or its manager restarted); starting it again", s.name)
             async with self._busy(s):
                 await self.manager.install(s.spec, self.access)
-                await self.manager.start(s.name)
+                if not await self._listen(s):
+                    await self.manager.start(s.name)
                 s.retry_at = 0.0
         elif obs.state == "gave_up":
             s.gave_up_at = s.gave_up_at or now
@@ -409,6 +454,11 @@ class ManagedBackend:
         code = await self.machine.probe(spec, spec.health.timeout, s.obs.host)
         if code == 200:
             s.health_failures = 0
+            if spec.settings.idle.stop_after is not None and self.holds_sockets and s.wanted:
+                idle = await activity.idle_for(spec, self.tokens, s.started)
+                if idle is not None and idle >= spec.settings.idle.stop_after and not s.busy:
+                    s.idled = True
+                    await self._act(s, self._stop_now(s, f"idle for {idle:.0f}s"))
             return
         if isinstance(code, Unprobed):  # the daemon is out of descriptors: nothing known about the server
             return
@@ -445,6 +495,10 @@ class ManagedBackend:
             return S.RUNNING if s.ready_pid == s.obs.pid else S.STARTING
         if o == "gave_up":
             return S.CRASHLOOP if s.wanted else S.STOPPED
+        if o == "idle":  # the port held, no process: waits for a connection, or (start: always) is restarted
+            if not s.wanted or s.spec is None:
+                return S.STOPPED
+            return S.IDLE if self._on_demand(s) else S.BACKOFF
         if o == "stopped":
             # wanted but down: notebookd starts it again, at once or (after a failed install or start) every
             # backoff_max; nobody restarts a server that is not wanted
