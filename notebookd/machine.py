@@ -1,5 +1,5 @@
-"""What supervision asks of the machine, behind one small seam: the clock, the HTTP probe, the processes
-of a server, who holds a port, a user's uid.
+"""What supervision asks of the machine, behind one small seam: the clock, the HTTP probe, the idle
+question, the processes of a server, who holds a port, a user's uid.
 
 The idea is supervisor's `options` object: the state machines call only this, so the fast tier drives
 them with a fake machine (tests/fakes.py) and the root tier with this real one. Nothing here decides
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pwd
 import time
 
-from notebookd import procs
+from notebookd import activity, procs
 from notebookd.model import ServerSpec
 from notebookd.ports import describe_holder, port_holder
 from notebookd.probe import http_status
@@ -28,6 +28,10 @@ class Machine:
         """`GET {base_url}api` on `host` (default: the spec's ip): 200 means ready (or healthy); else the
         status or why there was none (`probe.Unprobed`: the daemon could not even try)."""
         return await http_status(host or spec.ip, spec.port, spec.base_url + "api", timeout, tls=spec.tls.enabled)
+
+    async def idle_for(self, spec: ServerSpec, tokens, started: float | None) -> float | None:
+        """Seconds the server has been idle by jupyter's account, None while active (activity.idle_for)."""
+        return await activity.idle_for(spec, tokens, started)
 
     async def stop_tree(self, pid: int | None, uid: int, marker: str, grace: float) -> list[int]:
         return await procs.stop_tree(pid, uid, marker, grace)

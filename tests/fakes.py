@@ -38,6 +38,10 @@ class FakeMachine:
         self.stopped: list[tuple[int | None, int, str, float]] = []
         self.swept: list[tuple[int, str, int | None]] = []
         self.port_users: dict[int, str] = {}
+        self.idle: dict[int, float | None] = {}  # port -> the server's idle seconds (default: active, None)
+
+    async def idle_for(self, spec: ServerSpec, tokens, started) -> float | None:
+        return self.idle.get(spec.port)
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
@@ -131,3 +135,43 @@ class FakeManager:
 
     def give_up(self, name: str) -> None:
         self.obs[name] = Observed("gave_up", last_exit="exit status 1", error="Exited too quickly")
+
+
+class FakeSocketManager(FakeManager):
+    """A manager that holds each user's port while no process runs (systemd's socket units): `listen`
+    holds it alone (a connection then starts the server: `connect`), `unlisten` closes it."""
+
+    holds_sockets = True
+
+    def __init__(self, found: dict[str, Observed] | None = None):
+        super().__init__(found)
+        self.listening: set[str] = set()
+
+    async def listen(self, name: str) -> bool:
+        self.calls.append(("listen", name))
+        self.listening.add(name)
+        if self.obs.get(name, Observed()).state != "up":
+            self.obs[name] = Observed("idle")
+        return True
+
+    async def unlisten(self, name: str) -> None:
+        self.calls.append(("unlisten", name))
+        self.listening.discard(name)
+        if self.obs.get(name, Observed()).state == "idle":
+            self.obs[name] = Observed("stopped")
+
+    async def start(self, name: str) -> None:
+        self.listening.add(name)
+        await super().start(name)
+
+    async def stop(self, name: str) -> None:
+        await super().stop(name)
+        if name in self.listening:
+            self.obs[name] = Observed("idle", last_exit="exit status 0")
+
+    def connect(self, name: str) -> int:
+        """A client connects to an idle user's port: the manager starts the server."""
+        assert name in self.listening and self.obs[name].state == "idle"
+        pid = next(_pids)
+        self.obs[name] = Observed("up", pid)
+        return pid

@@ -848,3 +848,34 @@ def test_a_reload_that_moves_state_dir_is_refused_and_changes_nothing(tmp_path):
                               "when notebookd is restarted")
     assert daemon.config.state_dir == f"{tmp_path}/a" and daemon.config.listen.ports == (8800, 8899)
     assert daemon.last_reload["ok"] is False and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("backend", ["native", "systemd"])
+def test_on_demand_and_idle_stop_load_with_a_backend_that_holds_ports(backend):
+    cfg = load(f"""\
+        backend: {backend}
+        server: {{start: on-demand, idle: {{stop_after: 2h}}}}
+        users:
+          alice: {{start: always}}
+        """)
+    assert cfg.server.start == "on-demand" and cfg.server.idle.stop_after == 7200
+    assert cfg.users[0].settings.start == "always"
+
+
+@pytest.mark.parametrize("backend, why", [
+    ("supervisor", "backend: supervisor binds its servers' ports itself"),
+    ("slurm", "the server's port is on a compute node"),
+])
+def test_on_demand_with_a_backend_that_cannot_hold_ports_is_a_one_line_error(backend, why):
+    with pytest.raises(ConfigError) as err:
+        load(f"""\
+            backend: {backend}
+            users:
+              alice: {{}}
+              bob: {{start: on-demand}}
+            """)
+    text = str(err.value)
+    assert "\n" not in text and why in text and "needs backend: native or systemd" in text
+    assert f"{FILE}:4" in text  # bob's line
+    with pytest.raises(ConfigError, match="needs backend"):
+        load(f"backend: {backend}\nserver: {{idle: {{stop_after: 1h}}}}\n")

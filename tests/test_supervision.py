@@ -6,12 +6,14 @@ alone, in milliseconds, and every state move is checked against model.TRANSITION
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 
 import pytest
 
 from fakes import FakeMachine, FakeManager, spec
 from notebookd.backends.managed import ManagedBackend, Observed
+from notebookd.config import Idle
 from notebookd.model import TRANSITIONS, ServerState
 
 S = ServerState
@@ -249,3 +251,115 @@ def test_backoff_doubles_up_to_the_most_and_is_the_most_in_a_crash_loop(failures
     from notebookd.config import Restart
 
     assert Restart(backoff_min=1.0, backoff_max=30.0, crashloop_after=5).delay(failures) == delay
+
+
+# ---- a manager that holds the port (systemd's socket units): on demand and idle stop ----
+
+class SocketLab(Lab):
+    def __init__(self, found=None):
+        super().__init__(found)
+        from fakes import FakeSocketManager
+
+        self.manager = FakeSocketManager(found)
+        self.backend.manager = self.manager
+        self.backend.holds_sockets = True
+
+
+def test_an_on_demand_user_waits_idle_and_a_connection_makes_it_running():
+    async def go():
+        lab, alice = SocketLab(), spec(start="on-demand")
+        await lab.backend.open()
+        await lab.backend.start(alice)
+        assert lab.row().state == "idle" and ("start", "alice") not in lab.manager.calls
+        await lab.look()
+        assert lab.row().state == "idle" and lab.row().pid is None
+        lab.ready(alice)
+        pid = lab.manager.connect("alice")
+        await lab.look()
+        assert lab.row().state == "running" and lab.row().pid == pid and lab.row().restarts == 0
+        assert lab.history["alice"] == [S.STOPPED, S.IDLE, S.STARTING, S.RUNNING]
+    run(go())
+
+
+def test_an_admins_start_of_an_on_demand_user_starts_it_now():
+    async def go():
+        lab, alice = SocketLab(), spec(start="on-demand")
+        await lab.backend.open()
+        await lab.backend.start(alice, urgent=True)
+        assert lab.manager.calls[-1] == ("start", "alice") and lab.row().state == "starting"
+    run(go())
+
+
+def test_an_idle_server_is_stopped_its_port_kept_and_the_next_connection_starts_it():
+    async def go():
+        lab, alice = SocketLab(), spec(start="always", idle=dataclasses.replace(Idle(), stop_after=600.0))
+        await lab.backend.open()
+        lab.ready(alice)
+        await lab.backend.start(alice)
+        assert lab.row().state == "running"
+        lab.machine.idle[alice.port] = 599.0
+        await lab.look(alice.health.interval)
+        assert lab.row().state == "running"  # not idle long enough
+        lab.machine.idle[alice.port] = None  # a busy kernel or a connected client: active
+        await lab.look(alice.health.interval)
+        assert lab.row().state == "running"
+        lab.machine.idle[alice.port] = 600.0
+        await lab.look(alice.health.interval)
+        assert lab.row().state == "idle" and ("unlisten", "alice") not in lab.manager.calls
+        assert lab.manager.calls[-1] == ("stop", "alice") and lab.machine.stopped  # the kernel sweep too
+        await lab.look()
+        assert lab.row().state == "idle"  # start: always, but stopped for idleness: not restarted
+        lab.manager.connect("alice")
+        lab.machine.idle[alice.port] = None
+        await lab.look()
+        assert lab.row().state == "running" and lab.row().restarts == 0
+        assert _valid(lab.history["alice"])
+    run(go())
+
+
+def test_an_always_server_that_exits_while_its_port_is_held_is_started_again():
+    async def go():
+        lab, alice = SocketLab(), spec()
+        await lab.backend.open()
+        lab.ready(alice)
+        await lab.backend.start(alice)
+        lab.manager.obs["alice"] = Observed("idle", last_exit="exit status 0")  # shut down from the web UI
+        await lab.look()
+        assert lab.manager.calls[-1] == ("start", "alice")
+        await lab.look()
+        assert lab.row().state == "running"
+        assert _valid(lab.history["alice"])
+    run(go())
+
+
+def test_an_admins_stop_closes_the_port_and_a_removed_user_is_uninstalled():
+    async def go():
+        lab, alice = SocketLab(), spec(start="on-demand")
+        await lab.backend.open()
+        await lab.backend.start(alice)
+        await lab.backend.stop("alice")
+        assert lab.row().state == "stopped" and ("unlisten", "alice") in lab.manager.calls
+        assert "alice" not in lab.manager.listening
+        await lab.look()
+        assert lab.row().state == "stopped"  # not wanted: nothing starts it, no connection can
+        await lab.backend.start(alice)
+        assert lab.row().state == "idle"
+        await lab.backend.forget("alice")
+        assert ("uninstall", "alice") in lab.manager.calls and "alice" not in lab.backend.status()
+    run(go())
+
+
+def test_a_restart_of_an_on_demand_user_waits_for_its_next_connection():
+    async def go():
+        lab, alice = SocketLab(), spec(start="on-demand")
+        await lab.backend.open()
+        lab.ready(alice)
+        await lab.backend.start(alice)
+        lab.manager.connect("alice")
+        await lab.look()
+        assert lab.row().state == "running"
+        await lab.backend.restart(spec(start="on-demand", env=(("X", "1"),)))
+        assert lab.row().state == "idle"
+        assert lab.history["alice"][-3:] == [S.STOPPING, S.STOPPED, S.IDLE]
+        assert _valid(lab.history["alice"])
+    run(go())

@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from notebookd import activity, launch, probe
+from notebookd import launch, probe
 from notebookd.access import Access, NotReady
 from notebookd.backends.base import BackendError
 from notebookd.config import ServerSettings
@@ -455,10 +455,12 @@ class ManagedBackend:
         if code == 200:
             s.health_failures = 0
             if spec.settings.idle.stop_after is not None and self.holds_sockets and s.wanted:
-                idle = await activity.idle_for(spec, self.tokens, s.started)
+                idle = await self.machine.idle_for(spec, self.tokens, s.started)
                 if idle is not None and idle >= spec.settings.idle.stop_after and not s.busy:
                     s.idled = True
                     await self._act(s, self._stop_now(s, f"idle for {idle:.0f}s"))
+                    s.obs = Observed("idle", last_exit=s.obs.last_exit)  # what was seen before the stop is gone
+                    s.last_pid = None
             return
         if isinstance(code, Unprobed):  # the daemon is out of descriptors: nothing known about the server
             return
