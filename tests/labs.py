@@ -230,7 +230,8 @@ class ContainerLab(Lab):
 
     def set_users(self, entries):
         self.entries = dict(entries)
-        text = render(self.backend, self.extra, 8800, "/var/lib/notebookd", "/var/log/notebookd", self.entries)
+        text = render(self.backend, self.extra, 8800, "/var/lib/notebookd", "/var/log/notebookd", self.entries,
+                      getattr(self, "restart", RESTART))
         self.c.run("sh", "-c", "cat > /etc/notebookd/notebookd.yaml", input=textwrap.dedent(text))
 
     def cli(self, *args, user=None):

@@ -586,3 +586,29 @@ class TestSocketUnits:
         assert not sbox.c.run("test", "-e", f"/run/systemd/system/notebookd-user@{self.USER}.socket.d",
                               check=False).returncode == 0
         assert self.squat(sbox, port) == "bound"
+
+    def test_a_crash_loop_fails_the_socket_unit_too_and_notebookd_opens_it_again(self, sbox):
+        """The gap docs/architecture.md names: systemd fails the socket unit of a service that hit its start
+        limit (`service-start-limit-hit`), so the port is closed while the server is in crashloop; notebookd
+        starts both again every backoff_max, and once the server is fixed its port is held again."""
+        crash = "mxsocrash"
+        sbox.c.run("useradd", "--create-home", crash)
+        sbox.restart = "{backoff_min: 0.5s, backoff_max: 4s, crashloop_after: 3}"
+        bad = f"{{command: [{VENV}/bin/python, -m, jupyter_server, --ServerApp.root_dir=/nonexistent]}}"
+        sbox.set_users({crash: bad})
+        assert sbox.reload().returncode == 0
+        sbox.wait_state(crash, "crashloop", 120)
+
+        def show(kind: str) -> dict:
+            out = sbox.c.run("systemctl", "show", "-p", "ActiveState,Result", f"notebookd-user@{crash}.{kind}").stdout
+            return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+        wait_for(lambda: show("socket") == {"ActiveState": "failed", "Result": "service-start-limit-hit"}, 60,
+                 what="systemd failing the socket unit with its service")
+        # notebookd tries again (reset-failed, both units started): the socket listens again for a while
+        wait_for(lambda: show("socket")["ActiveState"] == "active", 60, what="the socket unit started again")
+        sbox.set_users({crash: "{}"})
+        assert sbox.reload().returncode == 0
+        row = sbox.wait_state(crash, "running", 120)
+        assert show("socket")["ActiveState"] == "active"
+        assert self.squat(sbox, row["port"]) == str(errno.EADDRINUSE)
