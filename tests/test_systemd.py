@@ -568,6 +568,29 @@ class TestSocketUnits:
         assert sbox.http(self.api(sbox)) == 200  # and the next request starts it again
         sbox.wait_state(self.USER, "running", 60)
 
+    def test_a_port_taken_by_another_process_is_that_users_error_naming_the_holder(self, sbox):
+        c, taken = sbox.c, "mxsotaken"
+        c.run("useradd", "--create-home", taken)
+        holder = subprocess.Popen(["nsenter", "-t", str(c.leader), "-a", "runuser", "-u", "mxsquat", "--",
+                                   "/usr/bin/python3", "-c", "import socket, sys; s = socket.socket(); "
+                                   "s.bind(('127.0.0.1', 8815)); s.listen(); print('held', flush=True); sys.stdin.read()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            sbox.set_users({self.USER: "{}", taken: "{port: 8815}"})
+            assert sbox.reload().returncode == 0
+            row = wait_for(lambda: (r := sbox.rows().get(taken)) and r["last_error"]
+                           and "in use by" in r["last_error"] and r, 120, what="the holder named")
+            assert "port 8815 on 127.0.0.1 is in use by pid" in row["last_error"] and "mxsquat" in row["last_error"]
+            assert "\n" not in row["last_error"] and row["state"] != "running"
+            assert sbox.wait_state(self.USER, "running", 120)  # the other user is not affected
+        finally:
+            holder.stdin.close()  # the holder (inside the container, behind nsenter) exits
+            holder.wait(30)
+        sbox.wait_state(taken, "running", 120)  # retried once the port is free
+        sbox.set_users({self.USER: "{}"})
+        assert sbox.reload().returncode == 0
+
     def test_an_admins_stop_closes_the_port_and_start_opens_it(self, sbox):
         port = sbox.rows()[self.USER]["port"]
         assert sbox.cli("stop", self.USER).returncode == 0

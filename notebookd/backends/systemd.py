@@ -33,6 +33,7 @@ from notebookd.backends.managed import ManagedBackend, Observed
 from notebookd.backends.tools import run_tool
 from notebookd.fsutil import write_atomic
 from notebookd.model import ServerSpec
+from notebookd.ports import describe_holder, port_holder
 from notebookd.procs import MARKER_VAR
 from notebookd.tokens import TokenStore
 
@@ -211,6 +212,7 @@ class SystemdManager:
         self._lock = asyncio.Lock()
         self._socketed: set[str] = set()  # users whose port a socket unit holds
         self._moved: set[str] = set()  # their socket unit's address changed: restarted at the next start
+        self._address: dict[str, tuple[str, int]] = {}  # for the message when systemd cannot bind it
 
     async def open(self) -> set[str]:
         for template, name in ((TEMPLATE, unit("notebookd-check")), (SOCKET_TEMPLATE, socket_unit("notebookd-check"))):
@@ -244,6 +246,7 @@ class SystemdManager:
             moved = _write_if_changed(socket_dropin_path(spec.name), socket_dropin(spec) if argv is not None else None)
             changed = _write_if_changed(dropin_path(spec.name), text)
             (self._socketed.add if argv is not None else self._socketed.discard)(spec.name)
+            self._address[spec.name] = (spec.ip, spec.port)
             if moved and argv is not None:
                 self._moved.add(spec.name)
             if moved or changed:
@@ -285,12 +288,25 @@ class SystemdManager:
         if await self._failed(units):
             await reset_failed(*units)
         try:
-            await start(*units)
-        except BackendError:
-            if not await self._failed(units):  # e.g. refused by the start rate limit: clear it, once
-                raise
-            await reset_failed(*units)
-            await start(*units)
+            try:
+                await start(*units)
+            except BackendError:
+                if not await self._failed(units):  # e.g. refused by the start rate limit: clear it, once
+                    raise
+                await reset_failed(*units)
+                await start(*units)
+        except BackendError as exc:
+            raise BackendError(self._why_not_bound(name) or str(exc)) from None
+
+    def _why_not_bound(self, name: str) -> str | None:
+        """"port N on ADDR is in use by pid P (…)" when the socket unit could not bind the user's port
+        (systemd's own message only says the job failed)."""
+        if name not in self._socketed or name not in self._address:
+            return None
+        ip, port = self._address[name]
+        if not port_holder(ip, port):
+            return None
+        return f"port {port} on {ip} is in use by {describe_holder(ip, port)}"
 
     async def _failed(self, units: list[str]) -> bool:
         return any(b.get("ActiveState") == "failed" for b in await show(units, ("ActiveState",)))
