@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -170,6 +171,9 @@ def first_request(h, work: str, fork_users: list[str], exec_users: list[str], bu
                     out[system].append(took)
                 h.log(f"first request, {system}: {spec.name} {took:.2f} s{' (warm-up)' if not i else ''}")
                 time.sleep(settle)  # the server just woken finishes its start-up work before the next one
+        # the servers just woken finish their start-up work (and the daemons their first health checks)
+        # before the burst: "10 idle users at the same moment" on a machine otherwise at rest
+        time.sleep(10 * settle)
         burst = [fork.specs[u] for u in burst_users]
         gate = threading.Barrier(len(burst))
         results: list = [None] * len(burst)
@@ -225,7 +229,8 @@ def plain_first(h, setup, name: str) -> float:
                 raise RuntimeError(f"plain jupyter for {name} never answered (exit {proc.poll()})")
             time.sleep(0.01)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         h.kill_users([name])
 

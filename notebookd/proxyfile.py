@@ -17,7 +17,9 @@ import asyncio
 import logging
 import os
 
+from notebookd import command
 from notebookd.fsutil import write_atomic
+from notebookd.procs import describe_exit
 
 log = logging.getLogger("notebookd")
 
@@ -81,19 +83,14 @@ class ProxyFile:
 async def _run(argv: tuple[str, ...]) -> str | None:
     """Run the admin's reload command; None if it succeeded, else why not, in one line."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, cwd="/", env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        done = await command.run(list(argv), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                                 timeout=RELOAD_TIMEOUT, limit=1 << 16, own_session=True)
     except OSError as exc:
         return f"cannot run it: {exc.strerror or exc}"
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), RELOAD_TIMEOUT)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+    except TimeoutError:
         return f"no end within {RELOAD_TIMEOUT:g}s"
-    if proc.returncode != 0:
-        return " ".join(err.decode(errors="replace").split())[-300:] or f"exit status {proc.returncode}"
+    if done.returncode != 0:
+        return " ".join(done.err.decode(errors="replace").split())[-300:] or describe_exit(done.returncode)
     return None
 
 
