@@ -92,6 +92,9 @@ def test_install_gives_a_running_service_and_a_usable_notebook(box, debs):
         st = os.stat(box.path(path))
         assert (st.st_uid, st.st_mode & 0o777) == (0, mode), path
     assert os.path.exists(box.path("/usr/share/man/man8/notebookd.8.gz"))
+    # the templates of `backend: systemd`: the server and the socket unit that holds its port
+    for unit in ("notebookd-user@.service", "notebookd-user@.socket"):
+        assert os.path.exists(box.path(f"/lib/systemd/system/{unit}")), unit
     assert os.path.exists(box.path("/usr/share/bash-completion/completions/notebookd"))
     # the front door's PAM service, and its check with Debian's pamela 1.0 (Recommends)
     assert "@include common-auth" in open(box.path("/etc/pam.d/notebookd")).read()

@@ -56,7 +56,6 @@ class NativeServer:
         self.health_failures = 0
         self.takes_socket = True  # what the last start's preflight found: a Python command (or fork)
         self.idled = False  # stopped for idleness (not by a stop): goes back to IDLE
-        self.last_active: float | None = None
         self._urgent = False  # asked for (start/restart, crash or health restart): goes before bulk starts
         self._on_demand = spec.settings.start == "on-demand"  # next start waits in IDLE for a connection
         self._want = False
@@ -294,7 +293,6 @@ class NativeServer:
                     stop_after = self.spec.settings.idle.stop_after
                     if stop_after is not None:
                         idle = await activity.idle_for(self.spec, self.host.tokens, self.started)
-                        self.last_active = None if idle is None else time.time() - idle
                         if idle is not None and idle >= stop_after:
                             self.idled = True
                             return None
