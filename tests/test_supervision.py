@@ -363,3 +363,21 @@ def test_a_restart_of_an_on_demand_user_waits_for_its_next_connection():
         assert lab.history["alice"][-3:] == [S.STOPPING, S.STOPPED, S.IDLE]
         assert _valid(lab.history["alice"])
     run(go())
+
+
+def test_a_restart_whose_install_fails_is_backoff_and_retried():
+    async def go():
+        lab, alice = Lab(), spec()
+        await lab.backend.open()
+        lab.ready(alice)
+        await lab.backend.start(alice)
+        lab.manager.fail_install = "command 'no-such-jupyter' not found"
+        await lab.backend.restart(spec(env=(("X", "1"),)))
+        await lab.look()
+        assert lab.row().state == "backoff" and "no-such-jupyter" in lab.row().last_error
+        lab.manager.fail_install = None
+        await lab.look(alice.restart.backoff_max)
+        await lab.look()
+        assert lab.row().state == "running"
+        assert _valid(lab.history["alice"])
+    run(go())

@@ -12,7 +12,7 @@ A manager with `holds_sockets` (systemd: a socket unit per user) keeps each user
 server is down, so this layer also does what the native backend does with the sockets it holds:
 `start: on-demand` (only the port, state IDLE; the first connection starts the server) and idle stop
 (activity.idle_for, asked with each health check; the server stops, the port stays, back to IDLE).
-An admin's stop closes the port too, so that no connection starts the server again.
+An admin's stop also stops the manager's listening (`unlisten`), so that no connection starts the server again.
 
 A daemon shutdown stops the servers, as with the native backend; `detach()` (`notebookd shutdown
 --keep-servers`) or a crash leaves them running under their manager: a new daemon finds them
@@ -206,9 +206,12 @@ class ManagedBackend:
             await self._stop_now(server)
             server.spec = spec
             server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
+            if not self._on_demand(server, urgent):  # STARTING even if the install fails: then BACKOFF, retried
+                self._set_state(server, S.STARTING, f"asking {self.name}")
             await self.manager.install(spec, self.access)
             if not await self._listen(server, urgent):
-                self._set_state(server, S.STARTING, f"asking {self.name}")
+                if server.state is not S.STARTING:
+                    self._set_state(server, S.STARTING, f"asking {self.name}")
                 await self.manager.start(spec.name)
             server.retry_at = 0.0
         await self._look_safely()

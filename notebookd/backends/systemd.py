@@ -26,7 +26,7 @@ import re
 import shutil
 import time
 
-from notebookd import launch, launcher, procs
+from notebookd import launch, launcher, listeners, procs
 from notebookd.access import Access
 from notebookd.backends.base import BackendError
 from notebookd.backends.managed import ManagedBackend, Observed
@@ -213,6 +213,7 @@ class SystemdManager:
         self._socketed: set[str] = set()  # users whose port a socket unit holds
         self._moved: set[str] = set()  # their socket unit's address changed: restarted at the next start
         self._address: dict[str, tuple[str, int]] = {}  # for the message when systemd cannot bind it
+        self._kept: dict[str, object] = {}  # sockets of stopped users, taken from systemd before it let go
 
     async def open(self) -> set[str]:
         for template, name in ((TEMPLATE, unit("notebookd-check")), (SOCKET_TEMPLATE, socket_unit("notebookd-check"))):
@@ -257,6 +258,7 @@ class SystemdManager:
         async with self._lock:
             if name in self._socketed:
                 await stop(socket_unit(name), unit(name))  # the port is free the moment the user is removed
+            self._let_go(name)
             shutil.rmtree(os.path.dirname(socket_dropin_path(name)), ignore_errors=True)
             shutil.rmtree(os.path.dirname(dropin_path(name)), ignore_errors=True)
             self._socketed.discard(name)
@@ -277,11 +279,25 @@ class SystemdManager:
         return True
 
     async def unlisten(self, name: str) -> None:
-        """Close the user's port (an admin's stop: no connection may start the server)."""
-        if name in self._socketed:
-            await stop(socket_unit(name))
+        """An admin's stop: no connection may start the server, so the socket unit stops; but first the
+        daemon takes its own copy of the listening socket from systemd (pidfd_getfd on PID 1), so the
+        port stays held (connections wait, unanswered) until the next start hands it back to systemd."""
+        if name not in self._socketed:
+            return
+        if name not in self._kept and name in self._address:
+            kept = listeners.take_from(1, *self._address[name])
+            if kept is not None:
+                self._kept[name] = kept
+        await stop(socket_unit(name))
+
+    def _let_go(self, name: str) -> None:
+        """Close the daemon's copy: systemd binds the port again (a start), or nobody should (removed)."""
+        kept = self._kept.pop(name, None)
+        if kept is not None:
+            kept.close()
 
     async def _start(self, name: str, units: list[str]) -> None:
+        self._let_go(name)  # the port is free from here until systemd binds it, a few milliseconds
         if name in self._moved:  # the address changed: the old one is let go of, the new one bound
             self._moved.discard(name)
             await stop(*units)
@@ -365,7 +381,8 @@ class SystemdManager:
         return unit(name)
 
     async def close(self) -> None:
-        pass
+        for name in list(self._kept):  # the daemon exits: a stopped user's port is not held any more
+            self._let_go(name)
 
 
 def backend(config, run_dir: str, tokens: TokenStore, on_change) -> ManagedBackend:
