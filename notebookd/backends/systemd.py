@@ -21,6 +21,7 @@ BackendError with systemctl's own message. Logs are in the journal.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ from notebookd.model import ServerSpec
 from notebookd.ports import describe_holder, port_holder
 from notebookd.procs import MARKER_VAR
 from notebookd.tokens import TokenStore
+
+log = logging.getLogger("notebookd")
 
 TEMPLATE = "notebookd-user@.service"
 SOCKET_TEMPLATE = "notebookd-user@.socket"
@@ -288,6 +291,8 @@ class SystemdManager:
             kept = listeners.take_from(1, *self._address[name])
             if kept is not None:
                 self._kept[name] = kept
+            else:
+                log.warning("%s: cannot take its socket from systemd; its port is free while it is stopped", name)
         await stop(socket_unit(name))
 
     def _let_go(self, name: str) -> None:
