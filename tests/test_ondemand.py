@@ -172,6 +172,7 @@ def test_the_first_request_over_tls_is_answered_by_the_server_it_wakes(tls_lab):
     cafile = os.path.join(tls_lab.base, "state", "tls", f"user-{name}.crt")
     with open(cafile) as fh:
         assert ssl.PEM_cert_to_DER_cert(fh.read()) == shown
-    assert tls_lab.rows()[name]["state"] == "running"
+    # (the daemon's readiness probe may see it a moment after the client got its answer)
+    tls_lab.wait_state(name, "running", 60)
     # and the next client verifies it: a kernel over https and wss
     assert run_code(row["url"], tls_lab.token(name), "6*7", cafile=cafile) == "42"

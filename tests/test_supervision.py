@@ -327,7 +327,7 @@ def test_an_always_server_that_exits_while_its_port_is_held_is_started_again():
         await lab.look()
         assert lab.manager.calls[-1] == ("start", "alice")
         await lab.look()
-        assert lab.row().state == "running"
+        assert lab.row().state == "running" and lab.row().restarts == 1  # it went away unasked
         assert _valid(lab.history["alice"])
     run(go())
 

@@ -185,7 +185,7 @@ def test_kill_9_brings_the_unit_back_and_status_shows_it(box):
     before = box.wait_state(name, "running")
     box.kill(before["pid"])
     row = box.wait_replaced(name, before["pid"])
-    assert row["restarts"] == before["restarts"] + 1
+    assert row["restarts"] == before["restarts"] + 1, box.daemon_log()[-3000:]
     assert box.cli("status", name).returncode == 0
 
 

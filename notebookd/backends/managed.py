@@ -402,9 +402,11 @@ class ManagedBackend:
             return
         # the manager will not bring these back by itself
         if obs.state == "idle" and s.spec is not None and not self._on_demand(s):
-            async with self._busy(s):  # exited while its port is held (a user's shutdown from the web UI)
+            # exited while its port is held (a user's shutdown from the web UI; or killed, seen between
+            # systemd's states when a pending connection makes the socket start it): not planned, so the
+            # new process counts as a restart
+            async with self._busy(s):
                 log.info("%s: exited; starting it again (start: always)", s.name)
-                s.planned = True
                 await self.manager.start(s.name)
         elif obs.state == "stopped" and s.spec is not None:
             if now < s.retry_at:
