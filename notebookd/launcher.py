@@ -31,15 +31,20 @@ import sys
 import time
 
 DEFAULT_DRAIN = 5.0
+# A connection accepted just before the handover whose first request has not arrived yet: waited for
+# this long (clients send their request at once), then it counts no more (an idle browser connection).
+FRESH_GRACE = 1.0
 
 
 class _Counted:
     """Wraps tornado's per-request delegate to count requests still being answered."""
 
-    def __init__(self, delegate, connection, book: "_InFlight"):
+    def __init__(self, delegate, connection, book: "_InFlight", first: bool = False):
         self._delegate = delegate
         self._book = book
         self._done = True  # until its headers arrive: a keep-alive connection waits here between requests
+        if first:  # a new connection: its first request is still to come
+            book.fresh[self] = time.monotonic()
         finish, detach = connection.finish, getattr(connection, "detach", None)
 
         def finished(*args, **kwargs):
@@ -62,6 +67,7 @@ class _Counted:
             self._book.count -= 1
 
     def headers_received(self, start_line, headers):
+        self._book.fresh.pop(self, None)
         if self._done:
             self._done = False
             self._book.count += 1
@@ -74,12 +80,20 @@ class _Counted:
         return self._delegate.finish()
 
     def on_connection_close(self):
+        self._book.fresh.pop(self, None)
         self._end()
         return self._delegate.on_connection_close()
 
 
 class _InFlight:
-    count = 0
+    def __init__(self):
+        self.count = 0  # requests whose headers have arrived and whose answer is not finished
+        self.fresh: dict[_Counted, float] = {}  # new connections before their first request, since when
+
+    def waiting(self) -> bool:
+        """A request being answered, or a new connection whose first request may still come."""
+        now = time.monotonic()
+        return self.count > 0 or any(now - since < FRESH_GRACE for since in self.fresh.values())
 
 
 def listening_socket(fd: int) -> socket.socket:
@@ -130,7 +144,9 @@ def _serve(server, sock: socket.socket, inflight: _InFlight) -> None:
     start_request = server.start_request
 
     def counted(server_conn, request_conn):
-        return _Counted(start_request(server_conn, request_conn), request_conn, inflight)
+        first = not getattr(server_conn, "_notebookd_seen", False)
+        server_conn._notebookd_seen = True
+        return _Counted(start_request(server_conn, request_conn), request_conn, inflight, first)
 
     server.start_request = counted
     server.add_sockets([sock])
@@ -143,9 +159,13 @@ async def _handover(app, server, inflight: _InFlight, drain: float) -> None:
 
     server.stop()
     server.conn_params.no_keep_alive = True  # shared by every connection: each closes after its answer
-    app.log.info("notebookd: stopped accepting; %d request(s) to finish", inflight.count)
     deadline = time.monotonic() + drain
-    while inflight.count > 0 and time.monotonic() < deadline:
+    # connections accepted in the same turn as the stop begin reading their first request a turn later;
+    # without a look at them, one the server exits under is reset
+    await asyncio.sleep(0.05)
+    app.log.info("notebookd: stopped accepting; %d request(s) to finish, %d new connection(s)",
+                 inflight.count, len(inflight.fresh))
+    while inflight.waiting() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     if inflight.count:
         app.log.warning("notebookd: %d request(s) still open after %gs", inflight.count, drain)
