@@ -286,6 +286,15 @@ def _sv_escape(value: str) -> str:
     return value.replace("%", "%%").replace('"', '\\"')
 
 
+def spawn_as(spec, argv: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen:
+    """`argv` as the spec's user, in its own session, output into `log_path`: a server without notebookd."""
+    acc = spec.account
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                user=acc.uid, group=acc.gid, extra_groups=list(acc.groups), umask=0o077,
+                                start_new_session=True)
+
+
 class Plain:
     """`jupyter server` started for every user at once, no supervisor (the lower bound)."""
 
@@ -300,12 +309,7 @@ class Plain:
             todo.append((spec, [*launch.enter(run.cwd), *run.argv], run.env))  # cd as the user, as notebookd
         self.t0 = time.monotonic()
         for spec, argv, env in todo:
-            acc = spec.account
-            out = open(os.path.join(self.setup.dir, f"{acc.name}.log"), "ab")
-            self.procs.append(subprocess.Popen(
-                argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                user=acc.uid, group=acc.gid, extra_groups=list(acc.groups), umask=0o077, start_new_session=True))
-            out.close()
+            self.procs.append(spawn_as(spec, argv, env, os.path.join(self.setup.dir, f"{spec.name}.log")))
 
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.procs]

@@ -211,12 +211,8 @@ def plain_first(h, setup, name: str) -> float:
     """Seconds from spawning `jupyter server` (no notebookd) to the first 200 on GET {base_url}api,
     asked every 10 ms: what any start costs, which an on-demand start cannot beat."""
     spec, run = setup.specs[name], setup.server_files(name)
-    acc = spec.account
-    with open(os.path.join(setup.dir, f"plain-{name}.log"), "ab") as log:
-        t0 = time.monotonic()
-        proc = subprocess.Popen([*h.launch.enter(run.cwd), *run.argv], env=run.env, cwd="/", stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, user=acc.uid, group=acc.gid, extra_groups=list(acc.groups),
-                                umask=0o077, start_new_session=True)
+    t0 = time.monotonic()
+    proc = h.spawn_as(spec, [*h.launch.enter(run.cwd), *run.argv], run.env, os.path.join(setup.dir, f"plain-{name}.log"))
     try:
         while True:
             try:

@@ -36,6 +36,12 @@ DEFAULT_DRAIN = 5.0
 FRESH_GRACE = 1.0
 
 
+def drain_for(stop_timeout: float) -> float:
+    """How long a stopping server finishes what it accepted: at most half its stop timeout, which
+    then ends it."""
+    return min(DEFAULT_DRAIN, stop_timeout / 2)
+
+
 class _Counted:
     """Wraps tornado's per-request delegate to count requests still being answered."""
 

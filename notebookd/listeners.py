@@ -22,7 +22,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from notebookd.ports import describe_holder
+from notebookd.ports import taken
 
 BACKLOG = 1024  # connections that may wait while no server accepts (capped by net.core.somaxconn)
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (since 5.6)
@@ -52,7 +52,7 @@ def bind(ip: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise PortTaken(f"port {port} on {ip} is in use by {describe_holder(ip, port)}") from None
+            raise PortTaken(taken(ip, port)) from None
         raise PortTaken(f"cannot bind {ip}:{port}: {exc.strerror or exc}") from None
     return sock
 

@@ -115,6 +115,16 @@ def port_holder(ip: str, port: int) -> str | None:
     return None
 
 
+def taken(ip: str, port: int) -> str:
+    """The one-line error for a port another process holds, naming the holder."""
+    return f"port {port} on {ip} is in use by {describe_holder(ip, port)}"
+
+
+def in_use(ip: str, port: int) -> str | None:
+    """`taken`'s line if `ip:port` cannot be bound now, else None."""
+    return taken(ip, port) if port_holder(ip, port) else None
+
+
 def describe_holder(ip: str, port: int) -> str:
     """Who listens on the port, for the error shown in status (best effort, needs root for others)."""
     try:

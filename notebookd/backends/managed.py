@@ -163,8 +163,8 @@ class ManagedBackend:
         server = server or self.servers.setdefault(spec.name, Server(spec.name, spec, since=self.machine.now()))
         async with self._busy(server):
             server.spec, server.wanted = spec, True
-            if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP) and not self._on_demand(server, urgent):
-                self._set_state(server, S.STARTING, f"asking {self.name}")
+            if not self._on_demand(server, urgent):  # STARTING even if the install fails: then BACKOFF, retried
+                self._mark_starting(server)
             changed = await self.manager.install(spec, self.access)
             if changed and server.obs.state not in ("stopped", "gave_up", "idle"):
                 log.info("%s: definition changed, restarting it", spec.name)
@@ -172,11 +172,15 @@ class ManagedBackend:
             if server.obs.state in ("stopped", "gave_up", "idle") or changed:
                 server.planned = True
             if server.obs.state == "up" and not changed or not await self._listen(server, urgent):
-                if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP, S.IDLE):
-                    self._set_state(server, S.STARTING, f"asking {self.name}")
+                self._mark_starting(server)
                 await self.manager.start(spec.name)
             server.retry_at = 0.0
         await self._look_safely()
+
+    def _mark_starting(self, server: Server) -> None:
+        """STARTING, from any state without a process (the table allows it from each)."""
+        if server.state in (S.STOPPED, S.BACKOFF, S.CRASHLOOP, S.IDLE):
+            self._set_state(server, S.STARTING, f"asking {self.name}")
 
     def _on_demand(self, server: Server, urgent: bool = False) -> bool:
         """Whether the server waits for a connection rather than starting now: `start: on-demand`, or
@@ -207,11 +211,10 @@ class ManagedBackend:
             server.spec = spec
             server.wanted, server.planned = True, True  # wanted even if what follows fails: retried
             if not self._on_demand(server, urgent):  # STARTING even if the install fails: then BACKOFF, retried
-                self._set_state(server, S.STARTING, f"asking {self.name}")
+                self._mark_starting(server)
             await self.manager.install(spec, self.access)
             if not await self._listen(server, urgent):
-                if server.state is not S.STARTING:
-                    self._set_state(server, S.STARTING, f"asking {self.name}")
+                self._mark_starting(server)
                 await self.manager.start(spec.name)
             server.retry_at = 0.0
         await self._look_safely()

@@ -24,7 +24,7 @@ from notebookd.gate import PriorityGate
 from notebookd.logs import LogPipe, RotatingFile
 from notebookd.model import TRANSITIONS, ServerSpec, ServerState, ServerStatus, check_transition
 from notebookd.listeners import PortTaken, SocketBook
-from notebookd.ports import describe_holder, port_holder
+from notebookd.ports import in_use, port_holder
 from notebookd.probe import Unprobed, http_status
 from notebookd.records import Record, RecordBook, fingerprint
 from notebookd.stats import Stats, restart_reason
@@ -342,9 +342,9 @@ class NativeServer:
         else:  # not a Python we can hand a socket to (a shell wrapper...): it binds its port itself
             listener = None
             self.host.sockets.release(spec.name)
-            if port_holder(spec.ip, spec.port):
-                raise SpawnError(f"port {spec.port} on {spec.ip} is in use by {describe_holder(spec.ip, spec.port)}")
-        drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
+            if taken := in_use(spec.ip, spec.port):
+                raise SpawnError(taken)
+        drain = launcher.drain_for(spec.settings.stop_timeout)
         identity = {}
         if self.host.system:
             identity = dict(user=acc.uid, group=acc.gid, extra_groups=list(acc.groups))

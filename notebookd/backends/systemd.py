@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 
 from notebookd import launch, launcher, listeners, procs
@@ -34,7 +35,7 @@ from notebookd.backends.managed import ManagedBackend, Observed
 from notebookd.backends.tools import run_tool
 from notebookd.fsutil import write_atomic
 from notebookd.model import ServerSpec
-from notebookd.ports import describe_holder, port_holder
+from notebookd.ports import in_use
 from notebookd.procs import MARKER_VAR
 from notebookd.tokens import TokenStore
 
@@ -82,10 +83,6 @@ async def daemon_reload() -> None:
 
 async def start(*units: str) -> None:
     await _systemctl("start", *units)
-
-
-async def restart(*units: str) -> None:
-    await _systemctl("restart", *units)
 
 
 async def stop(*units: str) -> None:
@@ -139,8 +136,7 @@ def socketed_argv(spec: ServerSpec, run: launch.Launch) -> list[str] | None:
     if its command is not run by Python (then it binds its port itself)."""
     if run.python is None:
         return None
-    drain = min(launcher.DEFAULT_DRAIN, spec.settings.stop_timeout / 2)  # finish accepted requests first
-    return launcher.wrap(list(run.argv), 3, drain, run.python, run.kind.app)
+    return launcher.wrap(list(run.argv), 3, launcher.drain_for(spec.settings.stop_timeout), run.python, run.kind.app)
 
 
 def dropin(spec: ServerSpec, run: launch.Launch, token_source: str, argv: list[str] | None = None) -> str:
@@ -216,7 +212,7 @@ class SystemdManager:
         self._socketed: set[str] = set()  # users whose port a socket unit holds
         self._moved: set[str] = set()  # their socket unit's address changed: restarted at the next start
         self._address: dict[str, tuple[str, int]] = {}  # for the message when systemd cannot bind it
-        self._kept: dict[str, object] = {}  # sockets of stopped users, taken from systemd before it let go
+        self._kept: dict[str, socket.socket] = {}  # sockets of stopped users, taken from systemd before it let go
 
     async def open(self) -> set[str]:
         for template, name in ((TEMPLATE, unit("notebookd-check")), (SOCKET_TEMPLATE, socket_unit("notebookd-check"))):
@@ -324,10 +320,7 @@ class SystemdManager:
         (systemd's own message only says the job failed)."""
         if name not in self._socketed or name not in self._address:
             return None
-        ip, port = self._address[name]
-        if not port_holder(ip, port):
-            return None
-        return f"port {port} on {ip} is in use by {describe_holder(ip, port)}"
+        return in_use(*self._address[name])
 
     async def _failed(self, units: list[str]) -> bool:
         return any(b.get("ActiveState") == "failed" for b in await show(units, ("ActiveState",)))
